@@ -1,0 +1,1 @@
+"""Every file format ragbatch reads or writes, and where it lives on disk."""
