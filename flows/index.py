@@ -1,0 +1,181 @@
+"""The index flow: load → diff against the manifest → chunk + embed changed documents → commit."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from storage.store import Store
+from tasks.chunk import ChunkSettings
+from tasks.embed import DEFAULT_EMBEDDER, EmbedderConfig, resolve_embedder
+from tasks.indexing import BatchResult, IndexPlan, chunk_and_embed, plan_index
+from tasks.load import Document, LoadResult, load_documents
+
+
+@dataclass
+class IndexReport:
+    store: str
+    added: int = 0
+    changed: int = 0
+    unchanged: int = 0
+    removed: int = 0
+    skipped_files: list[str] = field(default_factory=list)
+    chunks_embedded: int = 0
+    shards_written: int = 0
+    live_chunks: int = 0
+    shards: int = 0
+    documents: int = 0
+    seconds: float = 0.0
+    embedded_doc_ids: list[str] = field(default_factory=list)
+    removed_doc_ids: list[str] = field(default_factory=list)
+    rebuild_reason: str | None = None
+    dry_run: bool = False
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@task(name="load-documents", cache_policy=NO_CACHE)
+def load_task(docs_dir: str) -> LoadResult:
+    result = load_documents(docs_dir)
+    logger = get_run_logger()
+    for err in result.errors:
+        logger.warning("skipped %s", err)
+    logger.info("%d documents from %d files (%d problems)", len(result.documents), result.files, len(result.errors))
+    return result
+
+
+@task(name="resolve-embedder", cache_policy=NO_CACHE)
+def resolve_task(embedder: str) -> EmbedderConfig:
+    return resolve_embedder(embedder)
+
+
+@task(name="plan", cache_policy=NO_CACHE)
+def plan_task(store: str, loaded: LoadResult, config: EmbedderConfig, settings: ChunkSettings) -> IndexPlan:
+    plan = plan_index(Store(store), loaded.documents, config, settings, loaded.failed_paths)
+    logger = get_run_logger()
+    logger.info("diff: %s", plan.summary())
+    if plan.rebuild_reason:
+        logger.warning(plan.rebuild_reason)
+    for doc_id in plan.kept_unreadable:
+        logger.warning("kept the indexed version of %s: its file could not be read this time", doc_id)
+    return plan
+
+
+@task(name="chunk-embed-batch", cache_policy=NO_CACHE)
+def embed_batch_task(
+    store: str, docs: list[Document], config: EmbedderConfig, settings: ChunkSettings, device: str | None
+) -> BatchResult:
+    result = chunk_and_embed(Store(store), docs, config, settings, device=device)
+    get_run_logger().info(
+        "%d documents → %d chunks in %.1fs (%.1f chunks/s embedding)",
+        result.documents, result.chunks, result.seconds, result.embed_per_s,
+    )
+    return result
+
+
+def _run_name() -> str:
+    from prefect.runtime import flow_run
+
+    return f"index-{Path(flow_run.parameters['store']).name}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+@flow(name="index", flow_run_name=_run_name, log_prints=True)
+def index_flow(
+    docs_dir: str,
+    store: str,
+    embedder: str = DEFAULT_EMBEDDER,
+    chunk_tokens: int = 200,
+    overlap_tokens: int = 32,
+    batch_docs: int = 256,
+    device: str | None = None,
+    dry_run: bool = False,
+    lock_wait_s: float = 0.0,
+    parallel_batches: int = 1,
+) -> IndexReport:
+    """Index ``docs_dir`` into ``store`` incrementally; each batch is committed as it finishes."""
+    t0 = time.perf_counter()
+    logger = get_run_logger()
+    settings = ChunkSettings(chunk_tokens, overlap_tokens)
+    config = resolve_task(embedder)
+    loaded = load_task(docs_dir)
+    st = Store(store)
+    report = IndexReport(store=str(st.root), skipped_files=loaded.errors, dry_run=dry_run)
+    with st.lock(wait_s=lock_wait_s):
+        plan = plan_task(store, loaded, config, settings)
+        report.added, report.changed = len(plan.added), len(plan.changed)
+        report.unchanged, report.removed = len(plan.unchanged), len(plan.removed)
+        report.rebuild_reason = plan.rebuild_reason
+        report.removed_doc_ids = plan.removed
+        if dry_run:
+            report.seconds = time.perf_counter() - t0
+            return report
+        by_id = {d.doc_id: d for d in loaded.documents}
+        todo = [by_id[i] for i in plan.to_embed]
+        batches = [todo[i : i + batch_docs] for i in range(0, len(todo), batch_docs)]
+        fp, dim = config.fingerprint, config.dim
+        if plan.rebuild_reason:
+            # Another embedder: vectors must not mix, so the switch is one commit at the very end.
+            results = list(_run_batches(store, batches, config, settings, device, parallel_batches))
+            meta = st.commit(fp, dim, [r.shard for r in results], replace_all=True)
+        else:
+            meta = None
+            if plan.removed or not st.exists():
+                meta = st.commit(fp, dim, [], remove_doc_ids=set(plan.removed))
+            results = []
+            for r in _run_batches(store, batches, config, settings, device, parallel_batches):
+                results.append(r)
+                meta = st.commit(fp, dim, [r.shard])  # each batch is durable as soon as it is done
+            meta = meta or st.meta()
+        report.chunks_embedded = sum(r.chunks for r in results)
+        report.shards_written = sum(1 for r in results if r.chunks)
+        report.embedded_doc_ids = [d.doc_id for b in batches for d in b]
+    report.live_chunks, report.shards, report.documents = meta.live_rows, len(meta.shards), meta.documents
+    report.seconds = time.perf_counter() - t0
+    logger.info(
+        "index %s: +%d ~%d =%d -%d documents, %d chunks embedded, %d live chunks in %d shards, %.1fs",
+        st.root, report.added, report.changed, report.unchanged, report.removed,
+        report.chunks_embedded, report.live_chunks, report.shards, report.seconds,
+    )
+    _publish(report)
+    return report
+
+
+def _run_batches(
+    store: str, batches: list[list[Document]], config: EmbedderConfig, settings: ChunkSettings,
+    device: str | None, parallel: int,
+) -> Iterator[BatchResult]:
+    """Submit batches to the task runner, at most ``parallel`` in flight, yielding results in order.
+
+    One batch at a time is right for one device (torch already uses every core); a Dask runner with
+    several workers raises ``parallel`` so each worker embeds its own batch.
+    """
+    pending: deque = deque()
+    for batch in batches:
+        pending.append(embed_batch_task.submit(store, batch, config, settings, device))
+        if len(pending) >= max(1, parallel):
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
+def _publish(report: IndexReport) -> None:
+    rows = [
+        {"what": k, "count": getattr(report, k)}
+        for k in ("added", "changed", "unchanged", "removed", "chunks_embedded", "shards_written", "live_chunks", "shards")
+    ]
+    rows.append({"what": "skipped files", "count": len(report.skipped_files)})
+    create_table_artifact(key="index-diff", table=rows, description=f"Index run on {report.store}")
+
+
+def run_index(docs_dir: str | Path, store: str | Path, **kw) -> IndexReport:
+    """Call the flow with absolute paths (runs are named ``index-<store>-<timestamp>``)."""
+    return index_flow(str(Path(docs_dir).expanduser().resolve()), str(Path(store).expanduser().resolve()), **kw)

@@ -1,0 +1,188 @@
+"""``ragbatch`` command line: a thin layer over the flows (and, for one-off searches, the retrieval task)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from storage.paths import configure_environment, demo_dir
+
+configure_environment()
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+console = Console()
+err = Console(stderr=True)
+
+DEFAULT_GENERATOR = "qwen2.5-coder-0.5b-instruct"
+DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
+
+Store = Annotated[Path, typer.Option("--store", "-s", help="Index store directory")]
+
+
+def _fail(exc: BaseException) -> None:
+    err.print(f"[bold red]error:[/] {exc}")
+    raise typer.Exit(code=2)
+
+
+@app.command()
+def setup(
+    generator: Annotated[str, typer.Option(help="Generator to prepare")] = DEFAULT_GENERATOR,
+    embedder: Annotated[str, typer.Option(help="Embedder to prepare")] = DEFAULT_EMBEDDER,
+    demo: Annotated[bool, typer.Option(help="Also fetch and build the demo corpus")] = True,
+) -> None:
+    """Fetch, verify and convert the packaged models (and the demo corpus). Idempotent."""
+    from tasks.demo_data import build_demo_corpus
+    from tasks.prepare import prepare_embedder, prepare_generator
+
+    try:
+        t0 = time.perf_counter()
+        console.print(f"embedder  {embedder}: {prepare_embedder(embedder)}")
+        console.print(f"generator {generator}: {prepare_generator(generator)}")
+        if demo:
+            console.print(f"demo corpus: {build_demo_corpus()}")
+        console.print(f"ready in {time.perf_counter() - t0:.1f}s")
+    except Exception as exc:  # noqa: BLE001 - setup errors are shown, not traced
+        _fail(exc)
+
+
+@app.command()
+def index(
+    docs_dir: Annotated[Path, typer.Argument(help="Folder (or file) of .txt/.md/.jsonl documents")],
+    store: Store,
+    embedder: Annotated[str, typer.Option(help="Packaged alias, local folder or Hugging Face id")] = DEFAULT_EMBEDDER,
+    chunk_tokens: Annotated[int, typer.Option(help="Chunk size in embedder tokens")] = 200,
+    overlap_tokens: Annotated[int, typer.Option(help="Overlap between chunks, tokens")] = 32,
+    batch_docs: Annotated[int, typer.Option(help="Documents per batch (one shard, one commit)")] = 256,
+    device: Annotated[str | None, typer.Option(help="cuda / cpu (default: cuda when present)")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the diff, change nothing")] = False,
+    wait: Annotated[float, typer.Option(help="Seconds to wait for another writer's lock")] = 0.0,
+) -> None:
+    """Index DOCS_DIR into STORE (incremental: only added or changed documents are embedded)."""
+    from flows.index import run_index
+
+    try:
+        r = run_index(docs_dir, store, embedder=embedder, chunk_tokens=chunk_tokens, overlap_tokens=overlap_tokens,
+                      batch_docs=batch_docs, device=device, dry_run=dry_run, lock_wait_s=wait)
+    except Exception as exc:  # noqa: BLE001
+        _fail(exc)
+    for problem in r.skipped_files:
+        err.print(f"[yellow]skipped[/] {problem}")
+    if r.rebuild_reason:
+        err.print(f"[yellow]{r.rebuild_reason}[/]")
+    head = "dry run, nothing written: " if r.dry_run else ""
+    console.print(
+        f"{head}documents added {r.added}, changed {r.changed}, unchanged {r.unchanged}, removed {r.removed}; "
+        f"skipped files {len(r.skipped_files)}"
+    )
+    if not r.dry_run:
+        console.print(f"chunks embedded {r.chunks_embedded}, live chunks {r.live_chunks}, shards {r.shards}, "
+                      f"documents {r.documents}; {r.seconds:.1f}s")
+
+
+@app.command()
+def search(
+    query: Annotated[str, typer.Argument(help="Query text")],
+    store: Store,
+    k: Annotated[int, typer.Option("-k", help="How many chunks")] = 5,
+    embedder: Annotated[str | None, typer.Option(help="Must match the store's (default: the store's)")] = None,
+    device: Annotated[str | None, typer.Option()] = None,
+) -> None:
+    """Print the top-K chunks for QUERY: rank, score, document id, snippet."""
+    from tasks.retrieve import search as do_search
+
+    try:
+        (res,), _ = do_search(str(store), [query], k=k, embedder=embedder, device=device)
+    except Exception as exc:  # noqa: BLE001
+        _fail(exc)
+    for rank, (doc, score, text) in enumerate(zip(res.doc_ids, res.scores, res.texts, strict=True), 1):
+        snippet = " ".join(text.split())
+        console.print(f"{rank:>3}  {score:.4f}  {doc}  {snippet[:100]}{'…' if len(snippet) > 100 else ''}",
+                      highlight=False, markup=False, soft_wrap=True)
+
+
+@app.command()
+def answer(
+    questions: Annotated[list[Path], typer.Argument(help="Question files (JSONL/CSV/Parquet) or folders")],
+    store: Store,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Result table (.parquet)")] = Path("results.parquet"),
+    k: Annotated[int, typer.Option("-k", help="Chunks of context per question")] = 5,
+    generator: Annotated[str, typer.Option(help="Packaged alias, local folder or HF id")] = DEFAULT_GENERATOR,
+    embedder: Annotated[str | None, typer.Option(help="Must match the store's (default: the store's)")] = None,
+    max_new_tokens: Annotated[int, typer.Option()] = 48,
+    gen_batch_size: Annotated[int, typer.Option(help="Prompts per generate() call")] = 16,
+    device: Annotated[str | None, typer.Option()] = None,
+) -> None:
+    """Answer every question with and without retrieved context; write OUT and print the table."""
+    from flows.answer import run_answer
+
+    try:
+        r = run_answer(questions, store, out, k=k, generator=generator, embedder=embedder,
+                       max_new_tokens=max_new_tokens, gen_batch_size=gen_batch_size, device=device)
+    except Exception as exc:  # noqa: BLE001
+        _fail(exc)
+    for problem in r.question_errors:
+        err.print(f"[yellow]skipped[/] {problem}")
+    print_answers(r.rows)
+    console.print(f"{r.questions} questions, {r.differ} answers changed by retrieval; "
+                  f"retrieval {r.retrieve_s:.1f}s, generation {r.generate_s:.1f}s, total {r.seconds:.1f}s → {r.out}")
+
+
+@app.command()
+def demo(
+    k: Annotated[int, typer.Option("-k")] = 5,
+    generator: Annotated[str, typer.Option()] = DEFAULT_GENERATOR,
+    device: Annotated[str | None, typer.Option()] = None,
+) -> None:
+    """Fetch the demo corpus (HELM model descriptions), index it, answer the demo questions, print the table."""
+    from flows.answer import run_answer
+    from flows.index import run_index
+    from tasks.demo_data import DEMO_QUESTIONS, build_demo_corpus
+
+    t0 = time.perf_counter()
+    try:
+        corpus = build_demo_corpus()
+        store, out = demo_dir() / "store", demo_dir() / "results.parquet"
+        r = run_index(corpus, store, device=device)
+        console.print(f"indexed {r.documents} documents ({r.added} added, {r.changed} changed, {r.unchanged} "
+                      f"unchanged, {r.removed} removed) → {r.live_chunks} chunks in {r.seconds:.1f}s")
+        a = run_answer(DEMO_QUESTIONS, store, out, k=k, generator=generator, device=device)
+    except Exception as exc:  # noqa: BLE001
+        _fail(exc)
+    print_answers(a.rows)
+    console.print(f"{a.questions} questions, {a.differ} answers changed by retrieval; results → {a.out}; "
+                  f"demo wall time {time.perf_counter() - t0:.0f}s")
+
+
+def print_answers(rows: list[dict[str, Any]]) -> None:
+    """The with/without table, one row per question."""
+    table = Table(title="What retrieval changed", show_lines=True, expand=True)
+    table.add_column("id", no_wrap=True)
+    table.add_column("question", ratio=3)
+    table.add_column("without retrieval", ratio=2)
+    table.add_column("with retrieval", ratio=2)
+    table.add_column("≠", no_wrap=True)
+    table.add_column("top chunk (score)", ratio=2)
+    for r in rows:
+        top = f"{r['chunk_ids'][0]} ({r['scores'][0]:.3f})" if r["chunk_ids"] else "-"
+        gold = f"\n[dim]gold: {escape(' | '.join(r['gold_answers'][:2]))}[/]" if r.get("gold_answers") else ""
+        table.add_row(escape(str(r["question_id"])), escape(r["question"]) + gold, escape(r["no_rag_answer"]),
+                      escape(r["rag_answer"]), "yes" if r["answers_differ"] else "no", escape(top))
+    console.print(table)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

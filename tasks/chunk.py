@@ -1,0 +1,119 @@
+"""Token-aware chunking with the embedder's own tokenizer; no chunk is ever longer than it can embed.
+
+Windows of ``chunk_tokens`` tokens with ``overlap_tokens`` overlap are cut at token boundaries, moved
+back to a word boundary when that costs little, and then re-tokenized *with* the passage prefix and
+special tokens: a window that would exceed the embedder's max length is shrunk until it fits, so
+truncation at embedding time cannot happen (the embedder also refuses over-long passages).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+class ChunkingError(ValueError):
+    """Chunk settings that the embedder cannot honour."""
+
+
+@dataclass(frozen=True)
+class ChunkSettings:
+    chunk_tokens: int = 200
+    overlap_tokens: int = 32
+
+    def __post_init__(self) -> None:
+        if self.chunk_tokens < 8:
+            raise ChunkingError(f"chunk size {self.chunk_tokens} tokens is too small (minimum 8)")
+        if not 0 <= self.overlap_tokens < self.chunk_tokens // 2 + 1:
+            raise ChunkingError(
+                f"overlap {self.overlap_tokens} must be ≥ 0 and at most half the chunk size {self.chunk_tokens}"
+            )
+
+    @property
+    def key(self) -> str:
+        """A short stable id stored in the manifest, so a settings change re-chunks the documents."""
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass
+class Chunk:
+    chunk_id: str
+    doc_id: str
+    doc_sha256: str
+    chunk_index: int
+    text: str
+    char_start: int
+    char_end: int
+    n_tokens: int
+
+
+def content_budget(tokenizer: Any, max_length: int, passage_prefix: str = "") -> int:
+    """Tokens of content that fit: max length minus special tokens and the passage prefix."""
+    specials = len(tokenizer("", add_special_tokens=True)["input_ids"])
+    prefix = len(tokenizer(passage_prefix, add_special_tokens=False)["input_ids"]) if passage_prefix else 0
+    return max_length - specials - prefix
+
+
+def check_settings(settings: ChunkSettings, tokenizer: Any, max_length: int, passage_prefix: str = "") -> None:
+    budget = content_budget(tokenizer, max_length, passage_prefix)
+    if settings.chunk_tokens > budget:
+        raise ChunkingError(
+            f"chunk size {settings.chunk_tokens} tokens exceeds what the embedder can take: {budget} tokens "
+            f"(max length {max_length} minus special tokens and prefix); use --chunk-tokens {budget} or less"
+        )
+
+
+def chunk_text(
+    doc_id: str,
+    doc_sha256: str,
+    text: str,
+    tokenizer: Any,
+    settings: ChunkSettings,
+    max_length: int,
+    passage_prefix: str = "",
+) -> list[Chunk]:
+    check_settings(settings, tokenizer, max_length, passage_prefix)
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+    offsets: list[tuple[int, int]] = [tuple(o) for o in enc["offset_mapping"]]
+    n = len(offsets)
+    chunks: list[Chunk] = []
+    start = 0
+    while start < n:
+        end = min(start + settings.chunk_tokens, n)
+        if end < n:
+            end = _word_boundary_before(offsets, start, end, slack=max(1, settings.chunk_tokens // 8))
+        while True:
+            a, b = offsets[start][0], offsets[end - 1][1]
+            piece = text[a:b]
+            full = len(tokenizer(passage_prefix + piece, add_special_tokens=True, verbose=False)["input_ids"])
+            if full <= max_length or end - start <= 1:
+                break
+            end -= 1  # re-tokenizing a cut word can add a token or two: shrink until it fits
+        if full > max_length:
+            raise ChunkingError(f"{doc_id}: a single token at char {a} does not fit in {max_length} tokens")
+        n_tok = len(tokenizer(piece, add_special_tokens=False, verbose=False)["input_ids"])
+        if piece.strip():
+            chunks.append(Chunk(f"{doc_id}#{len(chunks)}", doc_id, doc_sha256, len(chunks), piece, a, b, n_tok))
+        if end >= n:
+            break
+        nxt = max(end - settings.overlap_tokens, start + 1)
+        start = _word_boundary_after(offsets, nxt, end)
+    return chunks
+
+
+def _word_boundary_before(offsets: list[tuple[int, int]], start: int, end: int, slack: int) -> int:
+    """Move ``end`` back (by at most ``slack``) so the window does not split a word."""
+    for e in range(end, max(start + 1, end - slack) - 1, -1):
+        if e >= len(offsets) or offsets[e][0] > offsets[e - 1][1]:
+            return e
+    return end
+
+
+def _word_boundary_after(offsets: list[tuple[int, int]], start: int, limit: int) -> int:
+    """Move ``start`` forward (not past ``limit``) to the first token that begins a word."""
+    for s in range(start, limit):
+        if s == 0 or offsets[s][0] > offsets[s - 1][1]:
+            return s
+    return start

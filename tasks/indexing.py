@@ -1,0 +1,145 @@
+"""The steps of (incremental) indexing: diff against the manifest, chunk + embed a batch, commit.
+
+The manifest, not Prefect's task cache, decides what is re-done: a document is re-embedded when its
+content hash, the embedder fingerprint or the chunk settings differ from what the manifest recorded.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+from storage.store import Store
+from tasks.chunk import ChunkSettings, chunk_text
+from tasks.embed import EmbedderConfig, load_embedder
+from tasks.load import Document
+
+
+@dataclass
+class IndexPlan:
+    added: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    kept_unreadable: list[str] = field(default_factory=list)
+    rebuild_reason: str | None = None  # set when the embedder changed: everything is re-embedded
+
+    @property
+    def to_embed(self) -> list[str]:
+        return self.added + self.changed
+
+    def summary(self) -> dict[str, int]:
+        return {
+            "added": len(self.added),
+            "changed": len(self.changed),
+            "unchanged": len(self.unchanged),
+            "removed": len(self.removed),
+        }
+
+
+def plan_index(
+    store: Store,
+    documents: list[Document],
+    embedder: EmbedderConfig,
+    settings: ChunkSettings,
+    unreadable_paths: set[str] = frozenset(),
+) -> IndexPlan:
+    """Diff the documents on disk against the committed manifest.
+
+    Documents of a file that could not be read this time are kept as they are (never silently dropped).
+    """
+    plan = IndexPlan()
+    old: dict[str, dict[str, Any]] = {}
+    if store.exists():
+        meta = store.meta()
+        old = {r["doc_id"]: r for r in store.manifest(meta).to_pylist()}
+        if meta.embedder.get("id") != embedder.fingerprint["id"]:
+            plan.rebuild_reason = (
+                f"embedder changed from {meta.embedder.get('name')!r} ({meta.embedder.get('id', '')[:12]}) "
+                f"to {embedder.name!r} ({embedder.fingerprint['id'][:12]}): re-embedding every document"
+            )
+    fid = embedder.fingerprint["id"]
+    current = {d.doc_id: d for d in documents}
+    for doc_id, doc in current.items():
+        prev = old.get(doc_id)
+        if prev is None:
+            plan.added.append(doc_id)
+        elif (
+            plan.rebuild_reason
+            or prev["sha256"] != doc.sha256
+            or prev["embedder"] != fid
+            or prev["chunking"] != settings.key
+        ):
+            plan.changed.append(doc_id)
+        else:
+            plan.unchanged.append(doc_id)
+    for doc_id, prev in old.items():
+        if doc_id in current:
+            continue
+        if prev["path"] in unreadable_paths:
+            plan.kept_unreadable.append(doc_id)
+        else:
+            plan.removed.append(doc_id)
+    return plan
+
+
+@dataclass
+class BatchResult:
+    shard: Any  # storage.store.ShardWrite
+    documents: int
+    chunks: int
+    tokens: int
+    seconds: float
+    embed_per_s: float
+
+
+def chunk_and_embed(
+    store: Store,
+    documents: list[Document],
+    embedder: EmbedderConfig,
+    settings: ChunkSettings,
+    device: str | None = None,
+    progress: bool = True,
+):
+    """Chunk a batch of documents, embed the chunks and write one (uncommitted) shard."""
+    t0 = time.perf_counter()
+    model = load_embedder(embedder, device)
+    rows: list[dict[str, Any]] = []
+    manifest_rows: list[dict[str, Any]] = []
+    now = time.time()
+    for doc in documents:
+        chunks = chunk_text(
+            doc.doc_id, doc.sha256, doc.text, model.tokenizer, settings, embedder.max_length, embedder.passage_prefix
+        )
+        rows += [c.__dict__ for c in chunks]
+        manifest_rows.append(
+            {
+                "doc_id": doc.doc_id,
+                "path": doc.path,
+                "sha256": doc.sha256,
+                "size": doc.size,
+                "mtime": doc.mtime,
+                "n_chunks": len(chunks),
+                "embedder": embedder.fingerprint["id"],
+                "chunking": settings.key,
+                "status": "indexed",
+                "indexed_at": now,
+            }
+        )
+    table = pa.Table.from_pylist(rows) if rows else None
+    texts = [r["text"] for r in rows]
+    emb = model.embed_passages(texts, progress=progress)
+    from storage.store import CHUNK_SCHEMA
+
+    write = store.write_shard(emb, table if table is not None else CHUNK_SCHEMA.empty_table(), manifest_rows)
+    return BatchResult(
+        shard=write,
+        documents=len(documents),
+        chunks=len(rows),
+        tokens=sum(r["n_tokens"] for r in rows),
+        seconds=time.perf_counter() - t0,
+        embed_per_s=model.last_stats.get("per_s", 0.0),
+    )

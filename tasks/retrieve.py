@@ -1,0 +1,170 @@
+"""Exact dense retrieval: the live, normalized chunk rows on the device, one matmul + topk per shard.
+
+Each shard is searched on its own and the per-shard top-k lists are merged exactly, so an index may be
+larger than one tensor. Ties are broken by global row order, so results are deterministic.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+
+from storage.store import Store, StoreError
+from tasks.embed import EmbedderConfig, default_device, load_embedder, resolve_embedder
+
+
+class Hits(NamedTuple):
+    """Top-k results for a batch of queries: ``rows`` index into :attr:`DenseIndex.chunks`."""
+
+    rows: torch.Tensor  # [n_queries, k] int64
+    scores: torch.Tensor  # [n_queries, k] float32, descending
+
+
+@dataclass
+class DenseIndex:
+    store: Store
+    generation: int
+    embedder: dict
+    shards: list[torch.Tensor]  # live rows only, on the device
+    offsets: list[int]  # global row offset of each shard
+    chunks: pa.Table  # live chunk rows, in global row order
+
+    @property
+    def rows(self) -> int:
+        return self.chunks.num_rows
+
+    def search(self, queries: torch.Tensor, k: int, query_batch: int = 1024) -> Hits:
+        """Exact top-k by inner product (cosine, rows being unit vectors), merged across shards."""
+        k = min(k, self.rows)
+        nq = queries.shape[0]
+        if k == 0 or nq == 0:
+            return Hits(torch.empty(nq, 0, dtype=torch.long), torch.empty(nq, 0))
+        out_rows, out_scores = [], []
+        for q0 in range(0, nq, query_batch):
+            q = queries[q0 : q0 + query_batch]
+            cand_s, cand_r = [], []
+            for shard, off in zip(self.shards, self.offsets, strict=True):
+                qd = q.to(shard.device, shard.dtype)
+                s = qd @ shard.T
+                kk = min(k, shard.shape[0])
+                top = torch.topk(s, kk, dim=1, sorted=False)
+                cand_s.append(top.values.float().cpu())
+                cand_r.append(top.indices.cpu() + off)
+            s_all = torch.cat(cand_s, 1)
+            r_all = torch.cat(cand_r, 1)
+            # Deterministic merge: order by row, then stable sort by score descending.
+            by_row = torch.argsort(r_all, dim=1)
+            r_all, s_all = r_all.gather(1, by_row), s_all.gather(1, by_row)
+            by_score = torch.sort(s_all, dim=1, descending=True, stable=True).indices[:, :k]
+            out_rows.append(r_all.gather(1, by_score))
+            out_scores.append(s_all.gather(1, by_score))
+        return Hits(torch.cat(out_rows), torch.cat(out_scores))
+
+
+def load_dense_index(store: Store, device: str | None = None, check_sha: bool = False) -> DenseIndex:
+    """Read the committed generation: only rows whose document's manifest entry points at them."""
+    meta = store.meta()
+    device = device or default_device()
+    manifest = store.manifest(meta)
+    live = {(d, s, h) for d, s, h in zip(
+        manifest["doc_id"].to_pylist(), manifest["shard"].to_pylist(), manifest["sha256"].to_pylist(), strict=True
+    )}
+    shards, offsets, tables = [], [], []
+    off = 0
+    dtype = torch.float16 if device.startswith("cuda") else torch.float32
+    for info in meta.shards:
+        emb, chunks = store.read_shard(info, check_sha=check_sha)
+        keep = [
+            (d, info.name, h) in live
+            for d, h in zip(chunks["doc_id"].to_pylist(), chunks["doc_sha256"].to_pylist(), strict=True)
+        ]
+        if not any(keep):
+            continue
+        mask = torch.tensor(keep)
+        shards.append(emb[mask].to(device, dtype))
+        tables.append(chunks.filter(pa.array(keep)))
+        offsets.append(off)
+        off += int(mask.sum())
+    if off != meta.live_rows:
+        raise StoreError(
+            f"store {store.root}: {off} live chunk rows found but the metadata says {meta.live_rows}; "
+            "run `ragbatch verify`"
+        )
+    chunks = pa.concat_tables(tables) if tables else store_empty_chunks()
+    return DenseIndex(store, meta.generation, meta.embedder, shards, offsets, chunks)
+
+
+def store_empty_chunks() -> pa.Table:
+    from storage.store import CHUNK_SCHEMA
+
+    return CHUNK_SCHEMA.empty_table()
+
+
+_INDEX_CACHE: dict[tuple[str, str], DenseIndex] = {}
+
+
+def open_index(store_path: str, device: str | None = None) -> DenseIndex:
+    """A process-level cache of loaded indexes, refreshed when the store's generation changes."""
+    store = Store(store_path)
+    device = device or default_device()
+    key = (str(store.root), device)
+    gen = store.meta().generation
+    cached = _INDEX_CACHE.get(key)
+    if cached is None or cached.generation != gen:
+        _INDEX_CACHE[key] = load_dense_index(store, device)
+    return _INDEX_CACHE[key]
+
+
+def embedder_for_store(store_path: str, embedder: str | None = None) -> EmbedderConfig:
+    """The store's own embedder by default; another one is refused with both names in the error."""
+    store = Store(store_path)
+    built = store.meta().embedder
+    config = resolve_embedder(embedder or built["name"])
+    store.check_embedder(config.fingerprint)
+    return config
+
+
+@dataclass
+class SearchResult:
+    query: str
+    chunk_ids: list[str]
+    doc_ids: list[str]
+    texts: list[str]
+    scores: list[float]
+
+
+def search(
+    store_path: str, queries: list[str], k: int = 5, embedder: str | None = None, device: str | None = None
+) -> tuple[list[SearchResult], dict[str, float]]:
+    """Embed queries with the store's embedder and return the top-k chunks of each, plus timings."""
+    t0 = time.perf_counter()
+    config = embedder_for_store(store_path, embedder)
+    index = open_index(store_path, device)
+    emb = load_embedder(config, device)
+    t1 = time.perf_counter()
+    q = emb.embed_queries(queries)
+    t2 = time.perf_counter()
+    hits = index.search(q, k)
+    t3 = time.perf_counter()
+    ids = index.chunks["chunk_id"]
+    docs = index.chunks["doc_id"]
+    texts = index.chunks["text"]
+    results = []
+    for qi, query in enumerate(queries):
+        rows = pa.array(hits.rows[qi].tolist(), type=pa.int64())
+        results.append(
+            SearchResult(
+                query=query,
+                chunk_ids=pc.take(ids, rows).to_pylist(),
+                doc_ids=pc.take(docs, rows).to_pylist(),
+                texts=pc.take(texts, rows).to_pylist(),
+                scores=[round(float(s), 6) for s in hits.scores[qi].tolist()],
+            )
+        )
+    timings = {"load_s": t1 - t0, "embed_s": t2 - t1, "search_s": t3 - t2}
+    return results, timings

@@ -1,0 +1,70 @@
+"""Shared fixtures: real Prefect (test harness), real packaged models, real files in temp dirs.
+
+Models are prepared once into ``$RAGBATCH_HOME`` (default ``./.ragbatch``, shared with the CLI so CI and
+developers convert each model only once); Prefect's database and result storage live in a temp dir.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+_PREFECT_TMP = tempfile.mkdtemp(prefix="ragbatch-prefect-")
+os.environ.setdefault("RAGBATCH_HOME", str(ROOT / ".ragbatch"))
+os.environ["PREFECT_HOME"] = _PREFECT_TMP
+os.environ["PREFECT_RESULTS_LOCAL_STORAGE_PATH"] = os.path.join(_PREFECT_TMP, "results")
+sys.path.insert(0, str(ROOT))
+
+from storage.paths import configure_environment  # noqa: E402
+
+configure_environment()
+
+FAST_GENERATOR = "smollm2-135m-instruct"
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One real ephemeral Prefect server for the whole session (its 30 s default start-up is too tight)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield
+
+
+@pytest.fixture(scope="session")
+def minilm():
+    """The packaged all-MiniLM-L6-v2 configuration (resolved from its own sentence-transformers files)."""
+    from tasks.embed import resolve_embedder
+
+    return resolve_embedder("all-MiniLM-L6-v2")
+
+
+@pytest.fixture(scope="session")
+def minilm_model(minilm):
+    from tasks.embed import load_embedder
+
+    return load_embedder(minilm, "cpu")
+
+
+@pytest.fixture(scope="session")
+def demo_corpus() -> Path:
+    from tasks.demo_data import build_demo_corpus
+
+    return build_demo_corpus()
+
+
+def write_corpus(root: Path, files: dict[str, str | bytes]) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    for name, content in files.items():
+        p = root / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, bytes):
+            p.write_bytes(content)
+        else:
+            p.write_text(content, encoding="utf-8")
+    return root
