@@ -52,9 +52,16 @@ class DenseIndex:
                 qd = q.to(shard.device, shard.dtype)
                 s = qd @ shard.T
                 kk = min(k, shard.shape[0])
-                top = torch.topk(s, kk, dim=1, sorted=False)
-                cand_s.append(top.values.float().cpu())
-                cand_r.append(top.indices.cpu() + off)
+                vals, idx = torch.topk(s, kk, dim=1, sorted=False)
+                # topk picks arbitrarily among rows tied at the cut-off; redo those queries with a stable
+                # sort so the lowest row wins (rare on real data, but results must not depend on shard layout).
+                thr = vals.min(dim=1, keepdim=True).values
+                tied = (s == thr).sum(1) > (vals == thr).sum(1)
+                for qi in torch.nonzero(tied).flatten().tolist():
+                    order = torch.sort(s[qi], descending=True, stable=True)
+                    vals[qi], idx[qi] = order.values[:kk], order.indices[:kk]
+                cand_s.append(vals.float().cpu())
+                cand_r.append(idx.cpu() + off)
             s_all = torch.cat(cand_s, 1)
             r_all = torch.cat(cand_r, 1)
             # Deterministic merge: order by row, then stable sort by score descending.

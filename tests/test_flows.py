@@ -1,0 +1,123 @@
+"""End to end under a real Prefect server: index → incremental re-index → answer → Parquet read back."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import polars as pl
+import pytest
+
+from conftest import FAST_GENERATOR, write_corpus
+from storage.store import EmbedderMismatchError, Store
+from tasks.retrieve import load_dense_index, search
+
+DOCS = {
+    "llama3.txt": "Llama 3 was pretrained on over 15 trillion tokens of data from publicly available sources.",
+    "bananas.md": "# Bananas\n\nBananas are yellow fruit grown in the tropics and eaten all over the world.",
+    "paris.txt": "Paris is the capital and most populous city of France.",
+    "notes.jsonl": '{"id": "everest", "text": "Mount Everest is the highest mountain above sea level, 8,849 m."}\n'
+                   '{"id": "nile", "text": "The Nile is a major north-flowing river in northeastern Africa."}\n',
+    "empty.txt": "",
+    "binary.txt": b"\x00\x01\x02\x03",
+    "latin1.txt": "caf\xe9 au lait".encode("latin-1"),
+}
+
+
+@pytest.fixture()
+def corpus(tmp_path):
+    return write_corpus(tmp_path / "docs", DOCS)
+
+
+def test_index_reindex_and_search(prefect_harness, corpus, tmp_path):
+    from flows.index import run_index
+
+    store = tmp_path / "store"
+    r = run_index(corpus, store, batch_docs=2)
+    assert (r.added, r.changed, r.unchanged, r.removed) == (5, 0, 0, 0)
+    assert len(r.skipped_files) == 3 and any("binary.txt" in s for s in r.skipped_files)
+    assert r.live_chunks == r.chunks_embedded == 5 and r.shards == 3  # one shard per batch of 2 documents
+    idx = load_dense_index(Store(store), "cpu")
+    assert idx.rows == r.live_chunks  # exactly one row per chunk
+    for shard in idx.shards:
+        assert float((shard.norm(dim=1) - 1).abs().max()) < 1e-3
+    (res,), _ = search(str(store), ["What is the capital of France?"], k=3)
+    assert res.doc_ids[0] == "paris.txt" and res.scores == sorted(res.scores, reverse=True)
+
+    # A re-run with nothing changed embeds nothing.
+    again = run_index(corpus, store)
+    assert (again.added, again.changed, again.unchanged, again.removed, again.chunks_embedded) == (0, 0, 5, 0, 0)
+
+    # Change one, add one, delete one: exactly those are processed.
+    (corpus / "paris.txt").write_text("Paris is the capital of France; the Seine flows through it.")
+    (corpus / "rome.txt").write_text("Rome is the capital city of Italy.")
+    (corpus / "bananas.md").unlink()
+    dry = run_index(corpus, store, dry_run=True)
+    assert (dry.added, dry.changed, dry.removed, dry.chunks_embedded) == (1, 1, 1, 0)
+    r2 = run_index(corpus, store)
+    assert (r2.added, r2.changed, r2.unchanged, r2.removed) == (1, 1, 3, 1)
+    assert sorted(r2.embedded_doc_ids) == ["paris.txt", "rome.txt"] and r2.removed_doc_ids == ["bananas.md"]
+    assert r2.live_chunks == 5
+    (fruit,), _ = search(str(store), ["yellow tropical fruit"], k=10)
+    assert "bananas.md" not in fruit.doc_ids  # the deleted document never comes back
+    (paris,), _ = search(str(store), ["Which river flows through Paris?"], k=1)
+    assert paris.doc_ids == ["paris.txt"] and "Seine" in paris.texts[0]  # the changed one has its new text
+    assert len(set(fruit.chunk_ids)) == len(fruit.chunk_ids) == 5
+
+
+def test_unreadable_file_keeps_its_indexed_version(prefect_harness, corpus, tmp_path):
+    from flows.index import run_index
+
+    store = tmp_path / "store"
+    run_index(corpus, store)
+    (corpus / "paris.txt").write_bytes(b"\x00 suddenly binary")
+    r = run_index(corpus, store)
+    assert r.removed == 0 and any("paris.txt: binary file" in s for s in r.skipped_files)
+    (res,), _ = search(str(store), ["capital of France"], k=1)
+    assert res.doc_ids == ["paris.txt"]
+
+
+def test_answer_flow_writes_results_and_reports_bad_rows(prefect_harness, corpus, tmp_path):
+    from flows.answer import run_answer
+    from flows.index import run_index
+
+    store = tmp_path / "store"
+    run_index(corpus, store)
+    qfile = tmp_path / "questions.jsonl"
+    qfile.write_text(
+        json.dumps({"id": "q1", "question": "How many tokens was Llama 3 trained on?", "answers": ["15 trillion"]})
+        + "\n{this is not json\n"
+        + json.dumps({"id": "q2", "question": "What is the capital of France?"}) + "\n"
+    )
+    csv = tmp_path / "more.csv"
+    csv.write_text("id,question,answers\nq3,Which river flows north in Africa?,Nile\n")
+    out = tmp_path / "results.parquet"
+    rep = run_answer([qfile, csv], store, out, k=2, generator=FAST_GENERATOR, max_new_tokens=12)
+    assert rep.questions == 3 and len(rep.question_errors) == 1 and ":2" in rep.question_errors[0]
+    df = pl.read_parquet(out)
+    assert df["question_id"].to_list() == ["q1", "q2", "q3"]
+    for col in ("chunk_ids", "doc_ids", "scores", "no_rag_answer", "rag_answer", "answers_differ", "generator",
+                "embedder", "retrieve_s", "generate_s"):
+        assert col in df.columns
+    row = df.row(0, named=True)
+    assert row["doc_ids"][0] == "llama3.txt" and len(row["chunk_ids"]) == 2
+    assert row["scores"][0] >= row["scores"][1] and row["gold_answers"] == ["15 trillion"]
+    assert all(a.strip() for a in df["no_rag_answer"].to_list() + df["rag_answer"].to_list())
+    assert df.row(2, named=True)["doc_ids"][0] == "notes.jsonl#nile"
+    config = json.loads((tmp_path / "results.config.json").read_text())
+    assert config["generator"] == FAST_GENERATOR and config["k"] == 2
+
+
+def test_query_with_another_embedder_is_refused(prefect_harness, corpus, tmp_path, minilm):
+    from flows.index import run_index
+
+    store = tmp_path / "store"
+    run_index(corpus, store)
+    other = tmp_path / "minilm-cls"
+    shutil.copytree(minilm.path, other)
+    pool = other / "1_Pooling" / "config.json"
+    cfg = json.loads(pool.read_text())
+    cfg.update(pooling_mode_mean_tokens=False, pooling_mode_cls_token=True)
+    pool.write_text(json.dumps(cfg))
+    with pytest.raises(EmbedderMismatchError, match=r"built with embedder 'all-MiniLM-L6-v2'.*minilm-cls"):
+        search(str(store), ["anything"], embedder=str(other))
