@@ -23,7 +23,10 @@ err = Console(stderr=True)
 DEFAULT_GENERATOR = "qwen2.5-coder-0.5b-instruct"
 DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
 
+DEFAULT_RETRIEVER = "hybrid"
+
 Store = Annotated[Path, typer.Option("--store", "-s", help="Index store directory")]
+Retriever = Annotated[str, typer.Option("--retriever", "-r", help="dense | bm25 | hybrid (RRF of both)")]
 
 
 def _fail(exc: BaseException) -> None:
@@ -92,13 +95,14 @@ def search(
     store: Store,
     k: Annotated[int, typer.Option("-k", help="How many chunks")] = 5,
     embedder: Annotated[str | None, typer.Option(help="Must match the store's (default: the store's)")] = None,
+    retriever: Retriever = DEFAULT_RETRIEVER,
     device: Annotated[str | None, typer.Option()] = None,
 ) -> None:
-    """Print the top-K chunks for QUERY: rank, score, document id, snippet."""
+    """Print the top-K chunks for QUERY: rank, score, document id, snippet (hybrid scores are RRF scores)."""
     from tasks.retrieve import search as do_search
 
     try:
-        (res,), _ = do_search(str(store), [query], k=k, embedder=embedder, device=device)
+        (res,), _ = do_search(str(store), [query], k=k, embedder=embedder, device=device, retriever=retriever)
     except Exception as exc:  # noqa: BLE001
         _fail(exc)
     for rank, (doc, score, text) in enumerate(zip(res.doc_ids, res.scores, res.texts, strict=True), 1):
@@ -115,6 +119,7 @@ def answer(
     k: Annotated[int, typer.Option("-k", help="Chunks of context per question")] = 5,
     generator: Annotated[str, typer.Option(help="Packaged alias, local folder or HF id")] = DEFAULT_GENERATOR,
     embedder: Annotated[str | None, typer.Option(help="Must match the store's (default: the store's)")] = None,
+    retriever: Retriever = DEFAULT_RETRIEVER,
     max_new_tokens: Annotated[int, typer.Option()] = 48,
     gen_batch_size: Annotated[int, typer.Option(help="Prompts per generate() call")] = 16,
     device: Annotated[str | None, typer.Option()] = None,
@@ -123,7 +128,7 @@ def answer(
     from flows.answer import run_answer
 
     try:
-        r = run_answer(questions, store, out, k=k, generator=generator, embedder=embedder,
+        r = run_answer(questions, store, out, k=k, generator=generator, embedder=embedder, retriever=retriever,
                        max_new_tokens=max_new_tokens, gen_batch_size=gen_batch_size, device=device)
     except Exception as exc:  # noqa: BLE001
         _fail(exc)
@@ -138,6 +143,7 @@ def answer(
 def demo(
     k: Annotated[int, typer.Option("-k")] = 5,
     generator: Annotated[str, typer.Option()] = DEFAULT_GENERATOR,
+    retriever: Retriever = DEFAULT_RETRIEVER,
     device: Annotated[str | None, typer.Option()] = None,
 ) -> None:
     """Fetch the demo corpus (HELM model descriptions), index it, answer the demo questions, print the table."""
@@ -152,7 +158,7 @@ def demo(
         r = run_index(corpus, store, device=device)
         console.print(f"indexed {r.documents} documents ({r.added} added, {r.changed} changed, {r.unchanged} "
                       f"unchanged, {r.removed} removed) → {r.live_chunks} chunks in {r.seconds:.1f}s")
-        a = run_answer(DEMO_QUESTIONS, store, out, k=k, generator=generator, device=device)
+        a = run_answer(DEMO_QUESTIONS, store, out, k=k, generator=generator, retriever=retriever, device=device)
     except Exception as exc:  # noqa: BLE001
         _fail(exc)
     print_answers(a.rows)

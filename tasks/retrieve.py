@@ -25,6 +25,9 @@ class Hits(NamedTuple):
     scores: torch.Tensor  # [n_queries, k] float32, descending
 
 
+RETRIEVERS = ("dense", "bm25", "hybrid")
+
+
 @dataclass
 class DenseIndex:
     store: Store
@@ -33,6 +36,16 @@ class DenseIndex:
     shards: list[torch.Tensor]  # live rows only, on the device
     offsets: list[int]  # global row offset of each shard
     chunks: pa.Table  # live chunk rows, in global row order
+    _bm25: object = None
+
+    @property
+    def bm25(self):
+        """The BM25 index over the same live rows, built on first use."""
+        if self._bm25 is None:
+            from tasks.bm25 import build_bm25
+
+            self._bm25 = build_bm25(self.chunks)
+        return self._bm25
 
     @property
     def rows(self) -> int:
@@ -146,32 +159,61 @@ class SearchResult:
 
 
 def search(
-    store_path: str, queries: list[str], k: int = 5, embedder: str | None = None, device: str | None = None
+    store_path: str,
+    queries: list[str],
+    k: int = 5,
+    embedder: str | None = None,
+    device: str | None = None,
+    retriever: str = "dense",
+    rrf_k: int = 60,
+    fusion_depth: int = 50,
 ) -> tuple[list[SearchResult], dict[str, float]]:
-    """Embed queries with the store's embedder and return the top-k chunks of each, plus timings."""
+    """Top-k chunks per query from the store, plus timings.
+
+    ``dense``: cosine scores from the store's own embedder. ``bm25``: tantivy BM25 scores. ``hybrid``:
+    reciprocal rank fusion (``rrf_k``) of the dense and BM25 top-``fusion_depth`` lists; its scores are
+    RRF scores, not cosines.
+    """
+    if retriever not in RETRIEVERS:
+        raise ValueError(f"unknown retriever {retriever!r}; choose one of {', '.join(RETRIEVERS)}")
     t0 = time.perf_counter()
     config = embedder_for_store(store_path, embedder)
     index = open_index(store_path, device)
-    emb = load_embedder(config, device)
-    t1 = time.perf_counter()
-    q = emb.embed_queries(queries)
-    t2 = time.perf_counter()
-    hits = index.search(q, k)
-    t3 = time.perf_counter()
-    ids = index.chunks["chunk_id"]
-    docs = index.chunks["doc_id"]
-    texts = index.chunks["text"]
+    timings: dict[str, float] = {"load_s": time.perf_counter() - t0}
+    rankings = []
+    if retriever in ("dense", "hybrid"):
+        t = time.perf_counter()
+        q = load_embedder(config, device).embed_queries(queries)
+        timings["embed_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        dense = index.search(q, k if retriever == "dense" else max(k, fusion_depth))
+        timings["dense_s"] = time.perf_counter() - t
+        rankings.append(dense)
+    if retriever in ("bm25", "hybrid"):
+        t = time.perf_counter()
+        bm = index.bm25
+        timings["bm25_build_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        rankings.append(Hits(*bm.search(queries, k if retriever == "bm25" else max(k, fusion_depth))))
+        timings["bm25_s"] = time.perf_counter() - t
+    if retriever == "hybrid":
+        from tasks.bm25 import rrf_fuse
+
+        hits = Hits(*rrf_fuse([rankings[0].rows, rankings[1].rows], min(k, index.rows), rrf_k=rrf_k))
+    else:
+        hits = rankings[0]
+    ids, docs, texts = index.chunks["chunk_id"], index.chunks["doc_id"], index.chunks["text"]
     results = []
     for qi, query in enumerate(queries):
-        rows = pa.array(hits.rows[qi].tolist(), type=pa.int64())
+        keep = [(r, s) for r, s in zip(hits.rows[qi].tolist(), hits.scores[qi].tolist(), strict=True) if r >= 0]
+        rows = pa.array([r for r, _ in keep], type=pa.int64())
         results.append(
             SearchResult(
                 query=query,
                 chunk_ids=pc.take(ids, rows).to_pylist(),
                 doc_ids=pc.take(docs, rows).to_pylist(),
                 texts=pc.take(texts, rows).to_pylist(),
-                scores=[round(float(s), 6) for s in hits.scores[qi].tolist()],
+                scores=[round(float(s), 6) for _, s in keep],
             )
         )
-    timings = {"load_s": t1 - t0, "embed_s": t2 - t1, "search_s": t3 - t2}
     return results, timings

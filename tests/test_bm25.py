@@ -1,0 +1,46 @@
+"""BM25 (tantivy) and reciprocal rank fusion."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tasks.bm25 import BM25Index, rrf_fuse
+
+
+def test_rrf_equals_hand_computation():
+    dense = torch.tensor([[10, 11, 12]])
+    bm25 = torch.tensor([[12, 13, -1]])  # -1: BM25 found only two rows
+    rows, scores = rrf_fuse([dense, bm25], k=4, rrf_k=60)
+    expected = {10: 1 / 61, 11: 1 / 62, 12: 1 / 63 + 1 / 61, 13: 1 / 62}
+    order = sorted(expected, key=lambda r: -expected[r])
+    assert rows[0].tolist()[0] == 12
+    assert rows[0].tolist() == [12, 10, 11, 13] == [order[0], 10, 11, 13]  # 11 and 13 tie: best rank, then row
+    assert scores[0].tolist() == pytest.approx([expected[r] for r in [12, 10, 11, 13]])
+    w_rows, _ = rrf_fuse([dense, bm25], k=4, rrf_k=60, weights=[1.0, 0.0])
+    assert w_rows[0].tolist()[:3] == [10, 11, 12]
+
+
+def test_hybrid_never_returns_duplicates():
+    g = torch.Generator().manual_seed(1)
+    a = torch.stack([torch.randperm(30, generator=g)[:10] for _ in range(20)])
+    b = torch.stack([torch.randperm(30, generator=g)[:10] for _ in range(20)])
+    rows, scores = rrf_fuse([a, b], k=15)
+    for r, s in zip(rows.tolist(), scores.tolist(), strict=True):
+        live = [x for x in r if x >= 0]
+        assert len(live) == len(set(live))
+        assert s == sorted(s, reverse=True)
+
+
+def test_bm25_ranks_term_matches_and_stems():
+    idx = BM25Index([
+        "Bananas are yellow fruits.",
+        "The train departed from the station.",
+        "Trains and training: a banana story.",
+        "Nothing relevant here.",
+    ])
+    rows, scores = idx.search(["banana", "trained", "(weird) \"query\" OR: x^2 -"], k=3)
+    assert set(rows[0, :2].tolist()) == {0, 2} and rows[0, 2].item() == -1  # only two documents match
+    assert set(rows[1, :2].tolist()) == {1, 2}  # en_stem: trained ~ train ~ training
+    assert scores[0, 0] >= scores[0, 1]
+    assert rows[2].tolist() == [-1, -1, -1]  # query syntax is neutralised, not an error
