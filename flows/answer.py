@@ -125,7 +125,8 @@ def answer_flow(
                 "retriever": retriever, "k": k, "retrieve_s": t_ret / len(batch), "generate_s": t_gen / len(batch),
             })
     run_config = {
-        "flow": "answer", "questions": questions, "store": store, "k": k, "generator": generator, "retriever": retriever,
+        "flow": "answer", "questions": questions, "store": store, "k": k, "generator": generator,
+        "retriever": retriever,
         "embedder": config.fingerprint, "batch_questions": batch_questions, "gen_batch_size": gen_batch_size,
         "max_new_tokens": max_new_tokens, "device": device, "created_at": datetime.now().isoformat(),
         "question_errors": loaded.errors,

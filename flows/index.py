@@ -170,7 +170,9 @@ def _run_batches(
 def _publish(report: IndexReport) -> None:
     rows = [
         {"what": k, "count": getattr(report, k)}
-        for k in ("added", "changed", "unchanged", "removed", "chunks_embedded", "shards_written", "live_chunks", "shards")
+        for k in (
+            "added", "changed", "unchanged", "removed", "chunks_embedded", "shards_written", "live_chunks", "shards"
+        )
     ]
     rows.append({"what": "skipped files", "count": len(report.skipped_files)})
     create_table_artifact(key="index-diff", table=rows, description=f"Index run on {report.store}")

@@ -193,7 +193,9 @@ class Store:
             )
 
     # ---------------------------------------------------------------- writing
-    def write_shard(self, embeddings: torch.Tensor, chunks: pa.Table, manifest_rows: list[dict[str, Any]]) -> ShardWrite:
+    def write_shard(
+        self, embeddings: torch.Tensor, chunks: pa.Table, manifest_rows: list[dict[str, Any]]
+    ) -> ShardWrite:
         """Write an immutable shard pair (uncommitted until :meth:`commit`)."""
         if embeddings.shape[0] != chunks.num_rows:
             raise ValueError(f"{embeddings.shape[0]} embeddings for {chunks.num_rows} chunks")

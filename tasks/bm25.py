@@ -9,8 +9,8 @@ from __future__ import annotations
 import re
 
 import pyarrow as pa
-import torch
 import tantivy
+import torch
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 
