@@ -1,0 +1,259 @@
+"""Batched greedy generation with a local causal LM, and the dual (with / without context) pass.
+
+Throughput comes from batching: prompts are sorted by token length so each batch holds similar lengths
+(little padding), padded on the left (so every row's new tokens start at the same column), and each batch
+is one ``model.generate`` call. The with-context and without-context prompts of all questions go through
+one such pass together.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from tasks.prepare import prepare_generator
+
+log = logging.getLogger(__name__)
+
+Message = dict[str, str]
+
+# Tuned on Qwen2.5-Coder-0.5B: a short, concrete instruction works far better than a long one, and "not a
+# full sentence" stops the model restating the question (which also keeps generation short). Asking for
+# citations made it answer with a bare "[2]" instead of the answer, so the RAG prompt does not ask for them.
+SYSTEM_SHORT = (
+    "Give the shortest possible answer: a few words or a number, not a full sentence. No explanation."
+)
+SYSTEM_RAG = SYSTEM_SHORT + " Answer using the passages."
+
+
+def build_messages(question: str, contexts: list[tuple[str, str]] | None) -> list[Message]:
+    """Chat messages for one question; ``contexts`` are (doc_id, text) passages, None for no retrieval.
+
+    Passages are numbered ``[n] (doc_id) text`` so an answer that cites ``[n]`` can be traced back. An
+    empty list means "retrieval found nothing": the RAG prompt is still used, with no passages, so the two
+    arms stay distinguishable in the results.
+    """
+    if contexts is None:
+        return [
+            {"role": "system", "content": SYSTEM_SHORT},
+            {"role": "user", "content": question.strip()},
+        ]
+    passages = "\n".join(
+        f"[{i}] ({doc_id}) {' '.join(text.split())}" for i, (doc_id, text) in enumerate(contexts, 1)
+    )
+    user = f"Passages:\n{passages or '(none found)'}\n\nQuestion: {question.strip()}"
+    return [
+        {"role": "system", "content": SYSTEM_RAG},
+        {"role": "user", "content": user},
+    ]
+
+
+@dataclass
+class GenerationStats:
+    """What one ``Generator.generate`` call did, for timing records."""
+
+    prompts: int = 0
+    batches: int = 0
+    prompt_tokens: int = 0  # real tokens, without padding
+    padded_tokens: int = 0  # prompt tokens including left padding (the work the model actually did)
+    new_tokens: int = 0  # generated tokens up to and including each row's end-of-sequence token
+    seconds: float = 0.0
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.new_tokens / self.seconds if self.seconds > 0 else 0.0
+
+    def as_dict(self) -> dict[str, float]:
+        return {**asdict(self), "tokens_per_s": round(self.tokens_per_s, 2)}
+
+
+class Generator:
+    """A loaded causal LM with its tokenizer, ready for batched greedy chat generation."""
+
+    def __init__(self, name: str, path: Path | str, model, tokenizer, device: str) -> None:
+        self.name = name
+        self.path = path
+        self.device = device
+        self.model = model
+        self.tokenizer = tokenizer  # None is allowed for generate_ids (random-weight benchmarks)
+        self.last_stats = GenerationStats()
+        eos = model.generation_config.eos_token_id
+        if eos is None and tokenizer is not None:
+            eos = tokenizer.eos_token_id
+        self.eos_ids: set[int] = set(eos if isinstance(eos, list) else [eos]) - {None}
+        pad = tokenizer.pad_token_id if tokenizer is not None else None
+        if pad is None:
+            pad = model.generation_config.pad_token_id
+        if pad is None:
+            pad = min(self.eos_ids) if self.eos_ids else 0
+        self.pad_id: int = pad
+        self._lock = threading.Lock()  # one generate at a time per model (Prefect may run tasks in threads)
+
+    def __repr__(self) -> str:
+        return f"Generator({self.name!r}, path={str(self.path)!r}, device={self.device!r})"
+
+    def render(self, conversation: list[Message]) -> str:
+        """The prompt text for one conversation (chat template with the assistant turn opened)."""
+        if self.tokenizer.chat_template:
+            return self.tokenizer.apply_chat_template(
+                conversation, tokenize=False, add_generation_prompt=True
+            )
+        # Base models without a template (e.g. gemma-3-270m): a plain transcript ending in "Answer:".
+        return "\n\n".join(m["content"] for m in conversation) + "\nAnswer:"
+
+    def encode(self, conversations: list[list[Message]]) -> list[list[int]]:
+        """Token ids of the rendered prompts."""
+        texts = [self.render(c) for c in conversations]
+        # The chat template already writes any BOS it wants; adding special tokens again would double it.
+        return self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+    def generate(
+        self,
+        conversations: list[list[Message]],
+        max_new_tokens: int = 64,
+        batch_size: int = 16,
+        progress: bool = True,
+    ) -> list[str]:
+        """Greedy answers for many conversations, in their original order (see ``generate_ids``)."""
+        new = self.generate_ids(self.encode(conversations), max_new_tokens, batch_size, progress)
+        return [self.tokenizer.decode(row, skip_special_tokens=True).strip() for row in new]
+
+    def _count_new(self, row: list[int]) -> int:
+        for i, tok in enumerate(row):
+            if tok in self.eos_ids:
+                return i + 1
+        return len(row)
+
+    @torch.inference_mode()
+    def generate_ids(
+        self,
+        prompts: list[list[int]],
+        max_new_tokens: int = 64,
+        batch_size: int = 16,
+        progress: bool = True,
+    ) -> list[list[int]]:
+        """Greedy continuations of token-id prompts, in their original order, cut after end-of-sequence.
+
+        Prompts are sorted by length (longest first, so memory trouble shows at once and the progress
+        rate errs low rather than high), cut into batches of ``batch_size``, padded on the left so every
+        row's new tokens start at the same column, and each batch is one ``model.generate`` call.
+        Sorting keeps padding, i.e. wasted compute, small. Stats go to ``self.last_stats``.
+        """
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        stats = GenerationStats(prompts=len(prompts), prompt_tokens=sum(len(p) for p in prompts))
+        self.last_stats = stats
+        if not prompts:
+            return []
+        if any(len(p) == 0 for p in prompts):
+            raise ValueError("empty prompt")
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
+        out: list[list[int]] = [[] for _ in prompts]
+        config = self._greedy_config(max_new_tokens)
+        bar = tqdm(total=len(prompts), unit="prompt", desc=f"generate {self.name}", file=sys.stderr,
+                   disable=not progress, dynamic_ncols=True)
+        with self._lock, bar:
+            t0 = time.perf_counter()
+            for start in range(0, len(order), batch_size):
+                batch = order[start:start + batch_size]
+                width = max(len(prompts[i]) for i in batch)
+                input_ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+                attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
+                for row, i in enumerate(batch):
+                    n = len(prompts[i])
+                    input_ids[row, width - n:] = torch.tensor(prompts[i], dtype=torch.long)
+                    attention_mask[row, width - n:] = 1
+                gen = self.model.generate(
+                    input_ids=input_ids.to(self.device),
+                    attention_mask=attention_mask.to(self.device),
+                    generation_config=config,
+                )
+                for i, row in zip(batch, gen[:, width:].tolist(), strict=True):
+                    n = self._count_new(row)
+                    stats.new_tokens += n
+                    out[i] = row[:n]
+                stats.batches += 1
+                stats.padded_tokens += width * len(batch)
+                stats.seconds = time.perf_counter() - t0
+                bar.update(len(batch))
+                bar.set_postfix(new_tok=stats.new_tokens, tok_s=f"{stats.tokens_per_s:.1f}")
+        log.info("generated %s", stats.as_dict())
+        return out
+
+    def _greedy_config(self, max_new_tokens: int):
+        """The model's generation config made greedy, without sampling knobs that would trigger warnings."""
+        config = self.model.generation_config.__class__.from_dict(self.model.generation_config.to_dict())
+        config.do_sample = False
+        config.num_beams = 1
+        for knob in ("temperature", "top_p", "top_k", "min_p", "typical_p"):
+            if hasattr(config, knob):
+                setattr(config, knob, None)
+        config.max_new_tokens = max_new_tokens
+        config.max_length = None
+        config.pad_token_id = self.pad_id
+        return config
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+_CACHE: dict[tuple[str, str], Generator] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def load_generator(name_or_path: str, device: str | None = None) -> Generator:
+    """Load (once per process) a generator by packaged alias, local folder or hub id.
+
+    float32 on CPU (bfloat16 matmuls are much slower on CPUs without native support), bfloat16 on CUDA.
+    The tokenizer pads on the left so batched rows end where generation starts.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    device = device or default_device()
+    path = prepare_generator(name_or_path)
+    key = (str(path), device)
+    with _CACHE_LOCK:
+        if key in _CACHE:
+            return _CACHE[key]
+        t0 = time.perf_counter()
+        dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+        tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        model.to(device).eval()
+        gen = Generator(name_or_path, path, model, tokenizer, device)
+        log.info("loaded %s from %s on %s in %.1fs", name_or_path, path, device, time.perf_counter() - t0)
+        _CACHE[key] = gen
+        return gen
+
+
+def dual_generate(
+    generator: Generator,
+    questions: list[str],
+    contexts: list[list[tuple[str, str]]],
+    max_new_tokens: int = 64,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> tuple[list[str], list[str]]:
+    """(no-RAG answers, RAG answers) for each question, from one batched pass over all 2N prompts.
+
+    Running both arms together lets the length sort mix them into full batches, instead of two passes
+    that each end with a ragged last batch. Stats of the pass are in ``generator.last_stats``.
+    """
+    if len(questions) != len(contexts):
+        raise ValueError(f"{len(questions)} questions but {len(contexts)} context lists")
+    conversations = [build_messages(q, None) for q in questions]
+    conversations += [build_messages(q, c) for q, c in zip(questions, contexts, strict=True)]
+    answers = generator.generate(conversations, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                 progress=progress)
+    n = len(questions)
+    return answers[:n], answers[n:]

