@@ -166,6 +166,49 @@ def demo(
                   f"demo wall time {time.perf_counter() - t0:.0f}s")
 
 
+@app.command("eval")
+def evaluate(
+    dataset: Annotated[str, typer.Argument(help="'squad' (SQuAD v1.1 dev), a SQuAD-shaped .json, or a .jsonl")],
+    store: Store,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Report directory")] = Path("eval-report"),
+    k: Annotated[str, typer.Option("-k", help="Cut-offs for recall@k, comma-separated")] = "1,5,10",
+    context_k: Annotated[int, typer.Option(help="Chunks of context given to the generator")] = 5,
+    corpus: Annotated[Path | None, typer.Option(help="Documents for a .jsonl data set")] = None,
+    limit: Annotated[int | None, typer.Option(help="Only the first N questions")] = None,
+    sample: Annotated[int | None, typer.Option(help="A random sample of N questions")] = None,
+    seed: Annotated[int, typer.Option(help="Seed for --sample")] = 0,
+    retriever: Retriever = DEFAULT_RETRIEVER,
+    generator: Annotated[str, typer.Option()] = DEFAULT_GENERATOR,
+    embedder: Annotated[str, typer.Option()] = DEFAULT_EMBEDDER,
+    max_new_tokens: Annotated[int, typer.Option()] = 32,
+    device: Annotated[str | None, typer.Option()] = None,
+) -> None:
+    """Index the data set's passages, answer its questions with and without retrieval, and score each stage."""
+    from flows.evaluate import run_eval
+    from storage.reports import metric_table
+
+    try:
+        ks = [int(x) for x in k.split(",") if x.strip()]
+        r = run_eval(dataset, store, out, ks=ks, context_k=context_k, corpus=str(corpus) if corpus else None,
+                     limit=limit, sample=sample, seed=seed, retriever=retriever, generator=generator,
+                     embedder=embedder, max_new_tokens=max_new_tokens, device=device)
+    except Exception as exc:  # noqa: BLE001
+        _fail(exc)
+    s = r.summary
+    table = Table(title=f"Evaluation ({s['questions']} questions)")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for name, value in metric_table(s):
+        table.add_row(name, value)
+    console.print(table)
+    console.print(f"answers that differ {s['differ']}: grounded {s['grounded']}, perturbed {s['perturbed']}, "
+                  f"misled {s['misled']}; F1 improved {s['f1_improved']}, worsened {s['f1_worsened']}, "
+                  f"unchanged {s['f1_unchanged']}")
+    console.print(f"wrong RAG answers {s['rag_wrong']}: chunker {s['fail_chunker']}, retriever "
+                  f"{s['fail_retriever']}, generator {s['fail_generator']}")
+    console.print(f"report: {r.files.get('html')} ({r.seconds:.0f}s)")
+
+
 def print_answers(rows: list[dict[str, Any]]) -> None:
     """The with/without table, one row per question."""
     table = Table(title="What retrieval changed", show_lines=True, expand=True)

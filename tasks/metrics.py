@@ -45,3 +45,68 @@ def _f1(prediction: str, gold: str) -> float:
         return 0.0
     precision, recall = same / len(p), same / len(g)
     return 2 * precision * recall / (precision + recall)
+
+
+# ---------------------------------------------------------------- retrieval
+# A ranking is the list of retrieved ids, best first (possibly shorter than k); ``relevant`` the set of
+# relevant ids. Denominators come from the relevant set, never from what was retrieved, so a short
+# result list cannot inflate a score.
+
+
+def recall_at_k(ranking: list[str], relevant: set[str], k: int) -> float:
+    """Share of the relevant ids found in the top k (0 when nothing is relevant)."""
+    if not relevant:
+        return 0.0
+    return len(set(ranking[:k]) & relevant) / len(relevant)
+
+
+def hit_at_k(ranking: list[str], relevant: set[str], k: int) -> float:
+    return float(any(r in relevant for r in ranking[:k]))
+
+
+def mrr_at_k(ranking: list[str], relevant: set[str], k: int = 10) -> float:
+    for i, r in enumerate(ranking[:k], 1):
+        if r in relevant:
+            return 1.0 / i
+    return 0.0
+
+
+def ndcg_at_k(ranking: list[str], relevant: set[str], k: int = 10) -> float:
+    """Binary-gain nDCG; the ideal DCG places min(|relevant|, k) relevant ids first (not the retrieved list)."""
+    import math
+
+    dcg = sum(1.0 / math.log2(i + 1) for i, r in enumerate(ranking[:k], 1) if r in relevant)
+    ideal = sum(1.0 / math.log2(i + 1) for i in range(1, min(len(relevant), k) + 1))
+    return dcg / ideal if ideal else 0.0
+
+
+def first_relevant_rank(ranking: list[str], relevant: set[str]) -> int | None:
+    """1-based rank of the first relevant id, or None when none was retrieved."""
+    for i, r in enumerate(ranking, 1):
+        if r in relevant:
+            return i
+    return None
+
+
+# ---------------------------------------------------------------- faithfulness
+STOPWORDS = frozenset(
+    """a an the of in on at to for from by with and or but is are was were be been being it its this that these
+    those as which who whom whose what when where why how not no do does did has have had i you he she we they
+    them his her their our your my me him us than then so such can could would should will may might must
+    about into over under between during after before also only very more most other some any each all both
+    there here up down out off again further once""".split()
+)
+
+
+def content_tokens(text: str) -> list[str]:
+    """Normalized tokens without stopwords: what an answer claims."""
+    return [t for t in normalize_answer(text).split() if t not in STOPWORDS]
+
+
+def support(answer: str, context: str) -> float:
+    """Share of the answer's content tokens that occur in ``context`` (1.0 for an answer with none)."""
+    toks = content_tokens(answer)
+    if not toks:
+        return 1.0
+    ctx = set(normalize_answer(context).split())
+    return sum(t in ctx for t in toks) / len(toks)

@@ -7,7 +7,7 @@ larger than one tensor. Ties are broken by global row order, so results are dete
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import pyarrow as pa
@@ -156,6 +156,7 @@ class SearchResult:
     doc_ids: list[str]
     texts: list[str]
     scores: list[float]
+    spans: list[tuple[int, int]] = field(default_factory=list)
 
 
 def search(
@@ -166,7 +167,7 @@ def search(
     device: str | None = None,
     retriever: str = "dense",
     rrf_k: int = 60,
-    fusion_depth: int = 50,
+    fusion_depth: int = 100,
 ) -> tuple[list[SearchResult], dict[str, float]]:
     """Top-k chunks per query from the store, plus timings.
 
@@ -203,6 +204,7 @@ def search(
     else:
         hits = rankings[0]
     ids, docs, texts = index.chunks["chunk_id"], index.chunks["doc_id"], index.chunks["text"]
+    starts, ends = index.chunks["char_start"], index.chunks["char_end"]
     results = []
     for qi, query in enumerate(queries):
         keep = [(r, s) for r, s in zip(hits.rows[qi].tolist(), hits.scores[qi].tolist(), strict=True) if r >= 0]
@@ -214,6 +216,14 @@ def search(
                 doc_ids=pc.take(docs, rows).to_pylist(),
                 texts=pc.take(texts, rows).to_pylist(),
                 scores=[round(float(s), 6) for _, s in keep],
+                spans=list(zip(pc.take(starts, rows).to_pylist(), pc.take(ends, rows).to_pylist(), strict=True)),
             )
         )
     return results, timings
+
+
+def chunks_of_documents(store_path: str, doc_ids: set[str], device: str | None = None) -> list[dict]:
+    """All live chunks of the given documents (id, doc, span, text), for evaluation."""
+    index = open_index(store_path, device)
+    mask = pc.is_in(index.chunks["doc_id"], value_set=pa.array(sorted(doc_ids), type=pa.string()))
+    return index.chunks.filter(mask).select(["chunk_id", "doc_id", "char_start", "char_end", "text"]).to_pylist()

@@ -1,0 +1,141 @@
+"""The evaluation flow: index the data set's passages, answer its questions, score each stage separately."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from flows.answer import DEFAULT_GENERATOR, DEFAULT_RETRIEVER, answer_flow
+from flows.index import index_flow
+from storage.atomic import write_bytes_atomic
+from storage.reports import VERDICTS, metric_table, write_eval_report
+from storage.results import read_results
+from tasks.datasets import EvalDataset, EvalQuestion, load_eval_dataset
+from tasks.embed import DEFAULT_EMBEDDER
+from tasks.evaluate import ChunkRef, recall_curve, relevant_chunks, score_question, summarize
+from tasks.retrieve import chunks_of_documents, search
+
+
+@dataclass
+class EvalReport:
+    out_dir: str
+    summary: dict[str, Any] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+@task(name="load-dataset", cache_policy=NO_CACHE)
+def load_dataset_task(dataset: str, corpus: str | None, limit: int | None, sample: int | None,
+                      seed: int) -> EvalDataset:
+    ds = load_eval_dataset(dataset, corpus=corpus, limit=limit, sample=sample, seed=seed)
+    get_run_logger().info("%s: %d questions, corpus %s (%s)", ds.name, len(ds.questions), ds.corpus,
+                          "; ".join(ds.notes) or "all questions")
+    return ds
+
+
+@task(name="deep-retrieval", cache_policy=NO_CACHE)
+def deep_retrieval_task(store: str, questions: list[EvalQuestion], depth: int, retriever: str,
+                        device: str | None) -> tuple[list[list[ChunkRef]], list[list[ChunkRef]]]:
+    """The ranking to ``depth`` for every question, and all indexed chunks of its evidence documents."""
+    results, _ = search(store, [q.question for q in questions], k=depth, retriever=retriever, device=device)
+    rankings = [[ChunkRef(c, d, s, e, t) for c, d, (s, e), t in zip(r.chunk_ids, r.doc_ids, r.spans, r.texts,
+                                                                      strict=True)] for r in results]
+    evidence_ids = {d for q in questions for d in q.evidence_doc_ids}
+    by_doc: dict[str, list[ChunkRef]] = {}
+    for c in chunks_of_documents(store, evidence_ids, device):
+        by_doc.setdefault(c["doc_id"], []).append(
+            ChunkRef(c["chunk_id"], c["doc_id"], c["char_start"], c["char_end"], c["text"]))
+    evidence = [[c for d in q.evidence_doc_ids for c in by_doc.get(d, [])] for q in questions]
+    return rankings, evidence
+
+
+def _run_name() -> str:
+    from prefect.runtime import flow_run
+
+    return f"eval-{Path(flow_run.parameters['out_dir']).name}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+@flow(name="evaluate", flow_run_name=_run_name)
+def eval_flow(
+    dataset: str,
+    store: str,
+    out_dir: str,
+    ks: list[int] | None = None,
+    context_k: int = 5,
+    corpus: str | None = None,
+    limit: int | None = None,
+    sample: int | None = None,
+    seed: int = 0,
+    retriever: str = DEFAULT_RETRIEVER,
+    generator: str = DEFAULT_GENERATOR,
+    embedder: str = DEFAULT_EMBEDDER,
+    depth: int = 100,
+    max_new_tokens: int = 32,
+    gen_batch_size: int = 16,
+    device: str | None = None,
+) -> EvalReport:
+    """Retrieval (recall@k, MRR@10, nDCG@10) and answers (EM/F1 with vs without) measured separately."""
+    t0 = time.perf_counter()
+    ks = sorted(set(ks or [1, 5, 10]))
+    out = Path(out_dir).expanduser().resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    ds = load_dataset_task(dataset, corpus, limit, sample, seed)
+    idx = index_flow(str(ds.corpus), store, embedder=embedder, device=device)
+    qfile = out / "questions.jsonl"
+    write_bytes_atomic(qfile, "".join(json.dumps({"id": q.id, "question": q.question, "answers": list(q.answers)})
+                                      + "\n" for q in ds.questions).encode())
+    ans = answer_flow([str(qfile)], store, str(out / "answers.parquet"), k=context_k, generator=generator,
+                      retriever=retriever, max_new_tokens=max_new_tokens, gen_batch_size=gen_batch_size,
+                      device=device)
+    rankings, evidence = deep_retrieval_task(store, ds.questions, max(depth, max(ks), context_k), retriever,
+                                             device)
+    answers = {r["question_id"]: r for r in read_results(ans.out).to_pylist()}
+    rows = []
+    for q, ranking, ev in zip(ds.questions, rankings, evidence, strict=True):
+        a = answers[q.id]
+        text_of = {c.chunk_id: c for c in ranking + ev}
+        context = [text_of.get(cid) or ChunkRef(cid, d, 0, 0, t)
+                   for cid, d, t in zip(a["chunk_ids"], a["doc_ids"], a["chunk_texts"], strict=True)]
+        rows.append(score_question(q, ranking, ev, context, a["no_rag_answer"], a["rag_answer"], ks))
+    summary = summarize(rows, ks)
+    relevants = [relevant_chunks(q, ev) | relevant_chunks(q, rk)
+                 for q, rk, ev in zip(ds.questions, rankings, evidence, strict=True)]
+    curve = recall_curve([[c.chunk_id for c in rk] for rk in rankings], relevants, max(depth, max(ks)))
+    examples = _examples(rows, answers)
+    config = {"flow": "evaluate", "dataset": ds.name, "dataset_notes": ds.notes, "questions": len(rows),
+              "store": store, "retriever": retriever, "embedder": embedder, "generator": generator,
+              "context_k": context_k, "ks": ks, "depth": depth, "max_new_tokens": max_new_tokens,
+              "documents": ds.documents, "index": {"added": idx.added, "changed": idx.changed,
+                                                   "unchanged": idx.unchanged, "removed": idx.removed},
+              "created_at": datetime.now().isoformat()}
+    files = write_eval_report(out, rows, summary, curve, examples, config)
+    create_table_artifact(key="eval-metrics", table=[{"metric": k, "value": v} for k, v in metric_table(summary)],
+                          description=f"Evaluation of {ds.name} ({len(rows)} questions)")
+    get_run_logger().info("evaluation: %s", {k: round(v, 3) if isinstance(v, float) else v
+                                              for k, v in summary.items()})
+    return EvalReport(str(out), summary, {k: str(v) for k, v in files.items()}, time.perf_counter() - t0)
+
+
+def _examples(rows: list[dict[str, Any]], answers: dict[str, dict], per: int = 3) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for v in VERDICTS:
+        for r in [r for r in rows if r["verdict"] == v][:per]:
+            a = answers[r["question_id"]]
+            out.setdefault(v, []).append({
+                "question": r["question"], "gold_answers": r["gold_answers"], "no_rag_answer": r["no_rag_answer"],
+                "rag_answer": r["rag_answer"], "chunks": list(zip(a["chunk_ids"], a["chunk_texts"], strict=True)),
+            })
+    return out
+
+
+def run_eval(dataset: str, store: str | Path, out_dir: str | Path, **kw) -> EvalReport:
+    return eval_flow(dataset, str(Path(store).expanduser().resolve()), str(Path(out_dir).expanduser().resolve()),
+                     **kw)

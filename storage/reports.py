@@ -1,0 +1,176 @@
+"""Evaluation reports: a per-question Parquet table, a Markdown summary, a self-contained HTML page, PNG plots."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from storage.atomic import atomic_path, write_bytes_atomic, write_json_atomic
+
+VERDICTS = ("grounded", "perturbed", "misled")
+STAGES = ("chunker", "retriever", "generator")
+
+
+def write_eval_report(
+    out_dir: str | Path,
+    rows: list[dict[str, Any]],
+    summary: dict[str, Any],
+    curve: list[float],
+    examples: dict[str, list[dict[str, Any]]],
+    config: dict[str, Any],
+) -> dict[str, Path]:
+    out = Path(out_dir).expanduser().resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "questions": out / "questions.parquet",
+        "summary_md": out / "summary.md",
+        "html": out / "report.html",
+        "recall_png": out / "recall_at_k.png",
+        "failures_png": out / "failures.png",
+        "summary_json": out / "summary.json",
+        "config": out / "eval.config.json",
+    }
+    with atomic_path(paths["questions"]) as tmp:
+        pq.write_table(pa.Table.from_pylist(rows), tmp)
+    recall_png = _recall_plot(curve)
+    failures_png = _failure_plot(summary)
+    write_bytes_atomic(paths["recall_png"], recall_png)
+    write_bytes_atomic(paths["failures_png"], failures_png)
+    write_json_atomic(paths["summary_json"], {"summary": summary, "recall_curve": curve})
+    write_json_atomic(paths["config"], config)
+    md = summary_markdown(summary, examples, config)
+    write_bytes_atomic(paths["summary_md"], md.encode())
+    write_bytes_atomic(paths["html"], _html(summary, examples, config, recall_png, failures_png).encode())
+    return paths
+
+
+def metric_table(summary: dict[str, Any]) -> list[tuple[str, str]]:
+    keys = [k for k in summary if k.startswith("recall@")] + ["mrr@10", "ndcg@10"]
+    rows = [(k, f"{summary[k]:.3f}") for k in keys]
+    for m, label in (("em", "exact match"), ("f1", "token F1"), ("contains", "gold answer contained")):
+        rows.append((f"{label}: without → with retrieval", f"{summary[f'no_rag_{m}']:.3f} → {summary[f'rag_{m}']:.3f}"))
+    rows.append(("faithfulness of the RAG answer (lexical support)", f"{summary['faithfulness']:.3f}"))
+    return rows
+
+
+def summary_markdown(summary: dict[str, Any], examples: dict[str, list[dict[str, Any]]], config: dict[str, Any]) -> str:
+    lines = [f"# ragbatch evaluation: {config.get('dataset', '')}", "",
+             f"{summary['questions']} questions; retriever `{config.get('retriever')}`, embedder "
+             f"`{config.get('embedder')}`, generator `{config.get('generator')}`, k = {config.get('context_k')} "
+             "chunks of context.", "", "| metric | value |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in metric_table(summary)]
+    lines += ["", "## What retrieval changed", "",
+              f"Answers that differ: {summary['differ']} — grounded {summary['grounded']}, "
+              f"perturbed {summary['perturbed']}, misled {summary['misled']}.", "",
+              "| by | improved | worsened | unchanged |", "|---|---|---|---|",
+              f"| token F1 | {summary['f1_improved']} | {summary['f1_worsened']} | {summary['f1_unchanged']} |",
+              f"| exact match | {summary['em_improved']} | {summary['em_worsened']} | {summary['em_unchanged']} |",
+              "", "## Where wrong RAG answers broke", "",
+              f"{summary['rag_wrong']} wrong RAG answers: chunker {summary['fail_chunker']}, "
+              f"retriever {summary['fail_retriever']}, generator {summary['fail_generator']}.", "",
+              "![recall@k](recall_at_k.png) ![failures](failures.png)", ""]
+    for v in VERDICTS:
+        lines += [f"## Examples: {v}", ""]
+        if not examples.get(v):
+            lines += ["(none)", ""]
+        for ex in examples.get(v, []):
+            lines += [f"- **{ex['question']}** (gold: {' | '.join(ex['gold_answers'][:3])})",
+                      f"  - without retrieval: {ex['no_rag_answer']}",
+                      f"  - with retrieval: {ex['rag_answer']}"]
+            lines += [f"  - [{i}] `{cid}`: {_clip(t)}" for i, (cid, t) in enumerate(ex["chunks"], 1)]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _clip(text: str, n: int = 240) -> str:
+    t = " ".join(text.split())
+    return t if len(t) <= n else t[:n] + "…"
+
+
+def _png(fig) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _recall_plot(curve: list[float]) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    ks = list(range(1, len(curve) + 1))
+    ax.plot(ks, curve, marker="o", markersize=3)
+    ax.set_xscale("log")
+    ax.set_xlabel("k (chunks retrieved)")
+    ax.set_ylabel("mean recall@k")
+    ax.set_ylim(0, 1.02)
+    ax.grid(True, alpha=0.3)
+    ax.set_title("Retrieval: recall@k")
+    return _png(fig)
+
+
+def _failure_plot(summary: dict[str, Any]) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    counts = [summary[f"fail_{s}"] for s in STAGES]
+    bars = ax.bar(STAGES, counts, color=["#c97b2a", "#3a78b5", "#7a4fa0"])
+    ax.bar_label(bars)
+    ax.set_ylabel("wrong RAG answers")
+    ax.set_title(f"Where {summary['rag_wrong']} wrong RAG answers broke")
+    return _png(fig)
+
+
+def _html(summary, examples, config, recall_png: bytes, failures_png: bytes) -> str:
+    def img(data: bytes, alt: str) -> str:
+        return f'<img alt="{alt}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
+
+    e = html.escape
+    rows = "".join(f"<tr><td>{e(k)}</td><td>{e(v)}</td></tr>" for k, v in metric_table(summary))
+    change = (f"<tr><td>token F1</td><td>{summary['f1_improved']}</td><td>{summary['f1_worsened']}</td>"
+              f"<td>{summary['f1_unchanged']}</td></tr><tr><td>exact match</td><td>{summary['em_improved']}</td>"
+              f"<td>{summary['em_worsened']}</td><td>{summary['em_unchanged']}</td></tr>")
+    ex_html = ""
+    for v in VERDICTS:
+        ex_html += f"<h2>Examples: {v}</h2>"
+        if not examples.get(v):
+            ex_html += "<p>(none)</p>"
+        for ex in examples.get(v, []):
+            chunks = "".join(f"<li><code>{e(cid)}</code> {e(_clip(t, 400))}</li>" for cid, t in ex["chunks"])
+            ex_html += (f"<div class=ex><b>{e(ex['question'])}</b> <span class=gold>gold: "
+                        f"{e(' | '.join(ex['gold_answers'][:3]))}</span><br>without retrieval: "
+                        f"<q>{e(ex['no_rag_answer'])}</q><br>with retrieval: <q>{e(ex['rag_answer'])}</q>"
+                        f"<ol>{chunks}</ol></div>")
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>ragbatch evaluation</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:960px;margin:2em auto;padding:0 1em}}
+table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px}}.ex{{margin:1em 0}}
+.gold{{color:#476}}img{{max-width:48%}}code{{font-size:90%}}</style></head><body>
+<h1>ragbatch evaluation: {e(str(config.get('dataset', '')))}</h1>
+<p>{summary['questions']} questions; retriever <code>{e(str(config.get('retriever')))}</code>, embedder
+<code>{e(str(config.get('embedder')))}</code>, generator <code>{e(str(config.get('generator')))}</code>,
+k = {e(str(config.get('context_k')))}.</p>
+<table><tr><th>metric</th><th>value</th></tr>{rows}</table>
+<h2>What retrieval changed</h2><p>Answers that differ: {summary['differ']} — grounded {summary['grounded']},
+perturbed {summary['perturbed']}, misled {summary['misled']}.</p>
+<table><tr><th>by</th><th>improved</th><th>worsened</th><th>unchanged</th></tr>{change}</table>
+<h2>Where wrong RAG answers broke</h2><p>{summary['rag_wrong']} wrong: chunker {summary['fail_chunker']},
+retriever {summary['fail_retriever']}, generator {summary['fail_generator']}.</p>
+{img(recall_png, "recall@k")} {img(failures_png, "failures by stage")}
+{ex_html}
+<details><summary>run configuration</summary><pre>{e(json.dumps(config, indent=2, default=str))}</pre></details>
+</body></html>"""

@@ -1,0 +1,193 @@
+"""Score what retrieval changed, per question: retrieval, answers, faithfulness, verdict and diagnosis.
+
+Definitions (also in the README):
+
+- **relevant chunk**: a chunk of a gold evidence document whose character span overlaps a gold evidence
+  span; when the data set gives no spans, every chunk of an evidence document.
+- **gold chunk**: a chunk that *contains* a whole gold evidence span (when spans are known), i.e. from
+  which the answer can be read.
+- **correct** answer: exact match after SQuAD normalization, or a gold answer contained in the answer.
+- **support**(answer, text): share of the answer's content tokens (normalized, stopwords removed) that
+  occur in the text. **faithfulness** = support of the RAG answer by all retrieved chunks together.
+  Lexical, because no entailment (NLI) model can be loaded on our machines.
+- **verdict** for answers that differ: *grounded* when some relevant retrieved chunk supports the RAG
+  answer (support ≥ τ), *misled* when only irrelevant retrieved chunks support it, *perturbed* when no
+  retrieved chunk does.
+- **diagnosis** for wrong RAG answers: *chunker* when no chunk of the evidence contains a whole gold span
+  (split across chunks, or missing from the index); *retriever* when a gold chunk exists but is not
+  among the k chunks given to the generator (its rank in the deeper ranking is reported, or none);
+  *generator* when a gold chunk was given to the generator and the answer is still wrong.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from tasks.datasets import EvalQuestion
+from tasks.metrics import (
+    answers_differ,
+    contains_gold,
+    exact_match,
+    first_relevant_rank,
+    hit_at_k,
+    mrr_at_k,
+    ndcg_at_k,
+    recall_at_k,
+    support,
+    token_f1,
+)
+
+SUPPORT_THRESHOLD = 0.5
+
+
+@dataclass(frozen=True)
+class ChunkRef:
+    chunk_id: str
+    doc_id: str
+    start: int
+    end: int
+    text: str = ""
+
+
+def relevant_chunks(q: EvalQuestion, candidates: list[ChunkRef]) -> set[str]:
+    """Chunk ids among ``candidates`` that are relevant to ``q`` (see module docstring)."""
+    evidence = set(q.evidence_doc_ids)
+    out = set()
+    for c in candidates:
+        if c.doc_id not in evidence:
+            continue
+        spans = [(s, e) for d, s, e in q.spans if d == c.doc_id]
+        if not spans or any(c.start < e and s < c.end for s, e in spans):
+            out.add(c.chunk_id)
+    return out
+
+
+def gold_chunks(q: EvalQuestion, doc_chunks: list[ChunkRef]) -> set[str]:
+    """Chunks that contain a whole gold span (or, without spans, every chunk of an evidence document)."""
+    evidence = set(q.evidence_doc_ids)
+    out = set()
+    for c in doc_chunks:
+        if c.doc_id not in evidence:
+            continue
+        spans = [(s, e) for d, s, e in q.spans if d == c.doc_id]
+        if not spans or any(c.start <= s and e <= c.end for s, e in spans):
+            out.add(c.chunk_id)
+    return out
+
+
+def score_question(
+    q: EvalQuestion,
+    ranking: list[ChunkRef],
+    evidence_chunks: list[ChunkRef],
+    context: list[ChunkRef],
+    no_rag_answer: str,
+    rag_answer: str,
+    ks: list[int],
+    tau: float = SUPPORT_THRESHOLD,
+) -> dict[str, Any]:
+    """Every per-question number and label; ``ranking`` is the deep retrieval ranking (best first),
+    ``evidence_chunks`` all indexed chunks of the evidence documents, ``context`` the chunks the
+    generator saw (the answer flow's top k)."""
+    ids = [c.chunk_id for c in ranking]
+    relevant = relevant_chunks(q, evidence_chunks) | relevant_chunks(q, ranking)
+    golds = gold_chunks(q, evidence_chunks)
+    context_rank = first_relevant_rank([c.chunk_id for c in context], golds)
+    row: dict[str, Any] = {"question_id": q.id, "question": q.question, "gold_answers": list(q.answers),
+                           "n_relevant": len(relevant)}
+    for k in ks:
+        row[f"recall@{k}"] = recall_at_k(ids, relevant, k)
+        row[f"hit@{k}"] = hit_at_k(ids, relevant, k)
+    row["mrr@10"] = mrr_at_k(ids, relevant, 10)
+    row["ndcg@10"] = ndcg_at_k(ids, relevant, 10)
+    row["first_relevant_rank"] = first_relevant_rank(ids, relevant)
+    row["gold_chunk_rank"] = first_relevant_rank(ids, golds)
+
+    for arm, ans in (("no_rag", no_rag_answer), ("rag", rag_answer)):
+        row[f"{arm}_answer"] = ans
+        row[f"{arm}_em"] = exact_match(ans, q.answers)
+        row[f"{arm}_f1"] = token_f1(ans, q.answers)
+        row[f"{arm}_contains"] = contains_gold(ans, q.answers)
+        row[f"{arm}_correct"] = bool(row[f"{arm}_em"] or row[f"{arm}_contains"])
+
+    context_k = len(context)
+    row["context_chunk_ids"] = [c.chunk_id for c in context]
+    row["faithfulness"] = support(rag_answer, "\n".join(c.text for c in context))
+    rel_support = max((support(rag_answer, c.text) for c in context if c.chunk_id in relevant), default=0.0)
+    irr_support = max((support(rag_answer, c.text) for c in context if c.chunk_id not in relevant), default=0.0)
+    row["relevant_support"], row["irrelevant_support"] = rel_support, irr_support
+
+    differ = answers_differ(no_rag_answer, rag_answer)
+    row["answers_differ"] = differ
+    row["verdict"] = verdict(differ, rel_support, irr_support, tau)
+    d_f1 = row["rag_f1"] - row["no_rag_f1"]
+    row["change"] = "improved" if d_f1 > 1e-9 else "worsened" if d_f1 < -1e-9 else "unchanged"
+    row["change_em"] = ("improved" if row["rag_em"] > row["no_rag_em"]
+                        else "worsened" if row["rag_em"] < row["no_rag_em"] else "unchanged")
+    stage, detail = diagnose(row["rag_correct"], golds, row["gold_chunk_rank"], context_rank, context_k, q,
+                             evidence_chunks)
+    row["failure_stage"], row["failure_detail"] = stage, detail
+    return row
+
+
+def verdict(differ: bool, relevant_support: float, irrelevant_support: float, tau: float = SUPPORT_THRESHOLD) -> str:
+    if not differ:
+        return "same"
+    if relevant_support >= tau:
+        return "grounded"
+    if irrelevant_support >= tau:
+        return "misled"
+    return "perturbed"
+
+
+def diagnose(
+    correct: bool, golds: set[str], gold_rank: int | None, context_rank: int | None, context_k: int,
+    q: EvalQuestion, evidence_chunks: list[ChunkRef],
+) -> tuple[str | None, str]:
+    """Which stage broke a wrong RAG answer (None when the answer is correct)."""
+    if correct:
+        return None, ""
+    if not golds:
+        indexed = {c.doc_id for c in evidence_chunks} & set(q.evidence_doc_ids)
+        if not indexed:
+            return "chunker", "evidence document is not in the index"
+        return "chunker", "no single chunk contains the gold evidence span (split across chunks)"
+    if context_rank is not None:
+        return "generator", f"gold chunk given at rank {context_rank}, answer wrong"
+    if gold_rank is None:
+        return "retriever", "gold chunk not in the retrieved ranking"
+    return "retriever", f"gold chunk ranked {gold_rank}, beyond the top {context_k} given to the generator"
+
+
+def recall_curve(rankings: list[list[str]], relevants: list[set[str]], depth: int) -> list[float]:
+    """Mean recall@k for k = 1..depth."""
+    n = len(rankings) or 1
+    return [sum(recall_at_k(r, rel, k) for r, rel in zip(rankings, relevants, strict=True)) / n
+            for k in range(1, depth + 1)]
+
+
+def summarize(rows: list[dict[str, Any]], ks: list[int]) -> dict[str, Any]:
+    """Averages and counts over all questions."""
+    n = len(rows) or 1
+
+    def mean(key: str) -> float:
+        return sum(float(r[key]) for r in rows) / n
+
+    out: dict[str, Any] = {"questions": len(rows)}
+    for k in ks:
+        out[f"recall@{k}"] = mean(f"recall@{k}")
+    out["mrr@10"], out["ndcg@10"] = mean("mrr@10"), mean("ndcg@10")
+    for arm in ("no_rag", "rag"):
+        for m in ("em", "f1", "contains"):
+            out[f"{arm}_{m}"] = mean(f"{arm}_{m}")
+    out["faithfulness"] = mean("faithfulness")
+    out["differ"] = sum(r["answers_differ"] for r in rows)
+    for v in ("grounded", "perturbed", "misled"):
+        out[v] = sum(r["verdict"] == v for r in rows)
+    for c in ("improved", "worsened", "unchanged"):
+        out[f"f1_{c}"] = sum(r["change"] == c for r in rows)
+        out[f"em_{c}"] = sum(r["change_em"] == c for r in rows)
+    for s in ("chunker", "retriever", "generator"):
+        out[f"fail_{s}"] = sum(r["failure_stage"] == s for r in rows)
+    out["rag_wrong"] = sum(not r["rag_correct"] for r in rows)
+    return out

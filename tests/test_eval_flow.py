@@ -1,0 +1,66 @@
+"""The evaluation flow end to end on a small SQuAD-shaped data set: tables, Markdown, HTML and plots."""
+
+from __future__ import annotations
+
+import json
+
+import polars as pl
+from conftest import FAST_GENERATOR
+
+PARAS = [
+    ("Rivers", "The Seine flows through Paris. The Thames flows through London. The Tiber flows through Rome.",
+     [("r1", "Which river flows through London?", "Thames")]),
+    ("Mountains", "Mount Everest is 8,849 metres high. K2 is the second highest mountain on Earth.",
+     [("m1", "Which is the second highest mountain?", "K2")]),
+    ("Food", "Bananas are yellow. Tomatoes are red fruit often mistaken for vegetables.",
+     [("f1", "What colour are bananas?", "yellow")]),
+]
+
+
+def _squad_json(path):
+    data = []
+    for title, context, qas in PARAS:
+        data.append({"title": title, "paragraphs": [{"context": context, "qas": [
+            {"id": qid, "question": q, "answers": [{"text": a, "answer_start": context.index(a)}]}
+            for qid, q, a in qas]}]})
+    path.write_text(json.dumps({"version": "1.1", "data": data}))
+    return path
+
+
+def test_eval_flow_writes_every_report(prefect_harness, tmp_path):
+    from flows.evaluate import run_eval
+
+    ds = _squad_json(tmp_path / "tiny.json")
+    rep = run_eval(str(ds), tmp_path / "store", tmp_path / "report", ks=[1, 2], context_k=2,
+                   generator=FAST_GENERATOR, max_new_tokens=8, retriever="dense")
+    s = rep.summary
+    assert s["questions"] == 3 and 0.0 <= s["recall@1"] <= s["recall@2"] <= 1.0
+    assert s["recall@2"] == 1.0  # three paragraphs, two retrieved: a correct retriever finds each one
+    for name in ("questions", "summary_md", "html", "recall_png", "failures_png", "summary_json"):
+        assert (tmp_path / "report" / rep.files[name].split("/")[-1]).stat().st_size > 100
+    df = pl.read_parquet(tmp_path / "report" / "questions.parquet")
+    assert df["question_id"].to_list() == ["r1", "m1", "f1"]
+    assert set(df["verdict"].unique()) <= {"same", "grounded", "perturbed", "misled"}
+    for r in df.iter_rows(named=True):
+        assert (r["failure_stage"] is None) == r["rag_correct"]
+    html = (tmp_path / "report" / "report.html").read_text()
+    assert "data:image/png;base64," in html and "recall@1" in html
+    assert (tmp_path / "report" / "recall_at_k.png").read_bytes()[:4] == b"\x89PNG"
+    # A second run reuses the index (nothing re-embedded).
+    again = run_eval(str(ds), tmp_path / "store", tmp_path / "report2", ks=[1], context_k=1,
+                     generator=FAST_GENERATOR, max_new_tokens=4, retriever="bm25")
+    cfg = json.loads((tmp_path / "report2" / "eval.config.json").read_text())
+    assert cfg["index"]["unchanged"] == 3 and cfg["index"]["added"] == 0 and again.summary["questions"] == 3
+
+
+def test_jsonl_dataset_shape(tmp_path):
+    from tasks.datasets import load_eval_dataset
+
+    corpus = tmp_path / "docs"
+    corpus.mkdir()
+    (corpus / "a.txt").write_text("x")
+    f = tmp_path / "qs.jsonl"
+    f.write_text(json.dumps({"question": "q?", "answers": "x", "evidence_doc_ids": ["a.txt"]}) + "\n")
+    ds = load_eval_dataset(str(f), corpus=corpus)
+    assert ds.questions[0].answers == ("x",) and ds.questions[0].evidence_doc_ids == ("a.txt",)
+    assert ds.questions[0].id == "qs:1" and ds.questions[0].spans == ()
