@@ -51,11 +51,12 @@ def load_questions_task(paths: list[str]) -> QuestionLoad:
 
 @task(name="retrieve-batch", cache_policy=NO_CACHE)
 def retrieve_task(
-    store: str, questions: list[Question], k: int, embedder: str | None, device: str | None, retriever: str
+    store: str, questions: list[Question], k: int, embedder: str | None, device: str | None, retriever: str,
+    rerank: str | None = None,
 ) -> tuple[list[SearchResult], float]:
     t0 = time.perf_counter()
     results, timings = search(store, [q.question for q in questions], k=k, embedder=embedder, device=device,
-                              retriever=retriever)
+                              retriever=retriever, rerank=rerank)
     get_run_logger().info("%s top-%d for %d questions (%s)", retriever, k, len(questions),
                           ", ".join(f"{a} {b:.2f}s" for a, b in timings.items()))
     return results, time.perf_counter() - t0
@@ -97,6 +98,7 @@ def answer_flow(
     generator: str = DEFAULT_GENERATOR,
     embedder: str | None = None,
     retriever: str = DEFAULT_RETRIEVER,
+    rerank: str | None = None,
     batch_questions: int = 64,
     gen_batch_size: int = 16,
     max_new_tokens: int = 48,
@@ -112,7 +114,7 @@ def answer_flow(
     qs = loaded.questions
     for i in range(0, len(qs), batch_questions):
         batch = qs[i : i + batch_questions]
-        hits, t_ret = retrieve_task(store, batch, k, config.name, device, retriever)
+        hits, t_ret = retrieve_task(store, batch, k, config.name, device, retriever, rerank)
         no_rag, rag, t_gen = generate_task(generator, batch, hits, max_new_tokens, gen_batch_size, device)
         report.retrieve_s += t_ret
         report.generate_s += t_gen
@@ -122,11 +124,12 @@ def answer_flow(
                 "gold_answers": list(q.answers), "chunk_ids": h.chunk_ids, "doc_ids": h.doc_ids,
                 "scores": h.scores, "chunk_texts": h.texts, "no_rag_answer": a0, "rag_answer": a1,
                 "answers_differ": answers_differ(a0, a1), "generator": generator, "embedder": config.name,
-                "retriever": retriever, "k": k, "retrieve_s": t_ret / len(batch), "generate_s": t_gen / len(batch),
+                "retriever": retriever + (f"+{rerank}" if rerank and rerank != "none" else ""), "k": k,
+                "retrieve_s": t_ret / len(batch), "generate_s": t_gen / len(batch),
             })
     run_config = {
         "flow": "answer", "questions": questions, "store": store, "k": k, "generator": generator,
-        "retriever": retriever,
+        "retriever": retriever, "rerank": rerank,
         "embedder": config.fingerprint, "batch_questions": batch_questions, "gen_batch_size": gen_batch_size,
         "max_new_tokens": max_new_tokens, "device": device, "created_at": datetime.now().isoformat(),
         "question_errors": loaded.errors,
@@ -157,8 +160,18 @@ def answers_markdown(rows: list[dict[str, Any]], limit: int = 50) -> str:
     return "\n".join(lines)
 
 
-def run_answer(questions: str | Path | list[str | Path], store: str | Path, out: str | Path, **kw) -> AnswerReport:
-    """Call the flow with absolute paths."""
+def run_answer(
+    questions: str | Path | list[str | Path], store: str | Path, out: str | Path, *, runner: str = "threads",
+    dask_address: str | None = None, dask_workers: int = 2, **kw,
+) -> AnswerReport:
+    """Call the flow with absolute paths, on the chosen task runner (``flows/runners.py``)."""
+    from flows.runners import api_for_workers, task_runner
+
     qs = questions if isinstance(questions, list) else [questions]
-    return answer_flow([str(Path(q).expanduser().resolve()) for q in qs], str(Path(store).expanduser().resolve()),
-                       str(Path(out).expanduser().resolve()), **kw)
+    args = ([str(Path(q).expanduser().resolve()) for q in qs], str(Path(store).expanduser().resolve()),
+            str(Path(out).expanduser().resolve()))
+    if runner == "threads" and not dask_address:
+        return answer_flow(*args, **kw)
+    fl = answer_flow.with_options(task_runner=task_runner(runner, dask_address, dask_workers))
+    with api_for_workers():
+        return fl(*args, **kw)

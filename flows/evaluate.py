@@ -43,9 +43,24 @@ def load_dataset_task(dataset: str, corpus: str | None, limit: int | None, sampl
 
 @task(name="deep-retrieval", cache_policy=NO_CACHE)
 def deep_retrieval_task(store: str, questions: list[EvalQuestion], depth: int, retriever: str,
-                        device: str | None) -> tuple[list[list[ChunkRef]], list[list[ChunkRef]]]:
-    """The ranking to ``depth`` for every question, and all indexed chunks of its evidence documents."""
-    results, _ = search(store, [q.question for q in questions], k=depth, retriever=retriever, device=device)
+                        device: str | None, rerank: str | None = None, rerank_depth: int = 20,
+                        ) -> tuple[list[list[ChunkRef]], list[list[ChunkRef]]]:
+    """The ranking to ``depth`` for every question, and all indexed chunks of its evidence documents.
+
+    With a reranker, its top ``rerank_depth`` come first, followed by the rest of the retriever's ranking.
+    """
+    qs = [q.question for q in questions]
+    results, _ = search(store, qs, k=depth, retriever=retriever, device=device)
+    if rerank and rerank != "none":
+        top, _ = search(store, qs, k=rerank_depth, retriever=retriever, device=device, rerank=rerank,
+                        rerank_depth=rerank_depth)
+        for r, t in zip(results, top, strict=True):
+            head = set(t.chunk_ids)
+            rest = [i for i, c in enumerate(r.chunk_ids) if c not in head]
+            r.chunk_ids = t.chunk_ids + [r.chunk_ids[i] for i in rest]
+            r.doc_ids = t.doc_ids + [r.doc_ids[i] for i in rest]
+            r.spans = t.spans + [r.spans[i] for i in rest]
+            r.texts = t.texts + [r.texts[i] for i in rest]
     rankings = [[ChunkRef(c, d, s, e, t) for c, d, (s, e), t in zip(r.chunk_ids, r.doc_ids, r.spans, r.texts,
                                                                       strict=True)] for r in results]
     evidence_ids = {d for q in questions for d in q.evidence_doc_ids}
@@ -75,6 +90,7 @@ def eval_flow(
     sample: int | None = None,
     seed: int = 0,
     retriever: str = DEFAULT_RETRIEVER,
+    rerank: str | None = None,
     generator: str = DEFAULT_GENERATOR,
     embedder: str = DEFAULT_EMBEDDER,
     depth: int = 100,
@@ -93,10 +109,10 @@ def eval_flow(
     write_bytes_atomic(qfile, "".join(json.dumps({"id": q.id, "question": q.question, "answers": list(q.answers)})
                                       + "\n" for q in ds.questions).encode())
     ans = answer_flow([str(qfile)], store, str(out / "answers.parquet"), k=context_k, generator=generator,
-                      retriever=retriever, max_new_tokens=max_new_tokens, gen_batch_size=gen_batch_size,
+                      retriever=retriever, rerank=rerank, max_new_tokens=max_new_tokens, gen_batch_size=gen_batch_size,
                       device=device)
     rankings, evidence = deep_retrieval_task(store, ds.questions, max(depth, max(ks), context_k), retriever,
-                                             device)
+                                             device, rerank)
     answers = {r["question_id"]: r for r in read_results(ans.out).to_pylist()}
     rows = []
     for q, ranking, ev in zip(ds.questions, rankings, evidence, strict=True):
@@ -111,7 +127,7 @@ def eval_flow(
     curve = recall_curve([[c.chunk_id for c in rk] for rk in rankings], relevants, max(depth, max(ks)))
     examples = _examples(rows, answers)
     config = {"flow": "evaluate", "dataset": ds.name, "dataset_notes": ds.notes, "questions": len(rows),
-              "store": store, "retriever": retriever, "embedder": embedder, "generator": generator,
+              "store": store, "retriever": retriever, "rerank": rerank, "embedder": embedder, "generator": generator,
               "context_k": context_k, "ks": ks, "depth": depth, "max_new_tokens": max_new_tokens,
               "documents": ds.documents, "index": {"added": idx.added, "changed": idx.changed,
                                                    "unchanged": idx.unchanged, "removed": idx.removed},

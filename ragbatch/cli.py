@@ -27,6 +27,8 @@ DEFAULT_RETRIEVER = "hybrid"
 
 Store = Annotated[Path, typer.Option("--store", "-s", help="Index store directory")]
 Retriever = Annotated[str, typer.Option("--retriever", "-r", help="dense | bm25 | hybrid (RRF of both)")]
+Rerank = Annotated[str, typer.Option(
+    "--rerank", help="none | llm:<generator> (offline yes/no judge) | cross-encoder:<model> (users with weights)")]
 
 
 def _fail(exc: BaseException) -> None:
@@ -66,13 +68,16 @@ def index(
     device: Annotated[str | None, typer.Option(help="cuda / cpu (default: cuda when present)")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the diff, change nothing")] = False,
     wait: Annotated[float, typer.Option(help="Seconds to wait for another writer's lock")] = 0.0,
+    compact_dead_ratio: Annotated[float, typer.Option(help="Compact when more than this share of rows is "
+                                                           "tombstoned (1 = never)")] = 0.3,
 ) -> None:
     """Index DOCS_DIR into STORE (incremental: only added or changed documents are embedded)."""
     from flows.index import run_index
 
     try:
         r = run_index(docs_dir, store, embedder=embedder, chunk_tokens=chunk_tokens, overlap_tokens=overlap_tokens,
-                      batch_docs=batch_docs, device=device, dry_run=dry_run, lock_wait_s=wait)
+                      batch_docs=batch_docs, device=device, dry_run=dry_run, lock_wait_s=wait,
+                      compact_dead_ratio=compact_dead_ratio)
     except Exception as exc:  # noqa: BLE001
         _fail(exc)
     for problem in r.skipped_files:
@@ -90,19 +95,57 @@ def index(
 
 
 @app.command()
+def verify(store: Store) -> None:
+    """Check STORE end to end (checksums, headers, row counts, live rows, norms); exit 1 on any problem."""
+    from storage.store import Store as IndexStore
+
+    rep = IndexStore(store).check()
+    for problem in rep.problems:
+        console.print(f"problem: {problem}", highlight=False, markup=False, soft_wrap=True)
+    if rep.problems:
+        err.print(f"[bold red]{len(rep.problems)} problem(s)[/] in {rep.store}")
+        raise typer.Exit(code=1)
+    console.print(f"OK {rep.store}: generation {rep.generation}, {rep.documents} documents, {rep.live_rows} live "
+                  f"rows of {rep.total_rows} in {rep.shards} shards, {len(rep.orphans)} orphan files; "
+                  f"{rep.seconds:.1f}s", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def compact(
+    store: Store,
+    min_dead_ratio: Annotated[float, typer.Option(help="Rewrite shards with more than this share of dead rows")] = 0.0,
+    wait: Annotated[float, typer.Option(help="Seconds to wait for another writer's lock")] = 0.0,
+) -> None:
+    """Rewrite shards holding tombstoned rows into shards of live rows only (embeddings copied, not recomputed)."""
+    from storage.store import Store as IndexStore
+
+    try:
+        r = IndexStore(store).compact(min_dead_ratio, lock_wait_s=wait)
+    except Exception as exc:  # noqa: BLE001
+        _fail(exc)
+    console.print(f"compacted {len(r.compacted)} shards into {len(r.written)}: {r.dead_rows_dropped} dead rows "
+                  f"dropped, {r.rows_copied} rows copied, {r.bytes_freed / 1e6:.1f} MB freed; shards "
+                  f"{r.shards_before} → {r.shards_after}, dead ratio {r.dead_ratio_before:.1%} → "
+                  f"{r.dead_ratio_after:.1%}; generation {r.generation}; {r.seconds:.1f}s", highlight=False,
+                  soft_wrap=True)
+
+
+@app.command()
 def search(
     query: Annotated[str, typer.Argument(help="Query text")],
     store: Store,
     k: Annotated[int, typer.Option("-k", help="How many chunks")] = 5,
     embedder: Annotated[str | None, typer.Option(help="Must match the store's (default: the store's)")] = None,
     retriever: Retriever = DEFAULT_RETRIEVER,
+    rerank: Rerank = "none",
     device: Annotated[str | None, typer.Option()] = None,
 ) -> None:
     """Print the top-K chunks for QUERY: rank, score, document id, snippet (hybrid scores are RRF scores)."""
     from tasks.retrieve import search as do_search
 
     try:
-        (res,), _ = do_search(str(store), [query], k=k, embedder=embedder, device=device, retriever=retriever)
+        (res,), _ = do_search(str(store), [query], k=k, embedder=embedder, device=device, retriever=retriever,
+                                rerank=rerank)
     except Exception as exc:  # noqa: BLE001
         _fail(exc)
     for rank, (doc, score, text) in enumerate(zip(res.doc_ids, res.scores, res.texts, strict=True), 1):
@@ -120,6 +163,7 @@ def answer(
     generator: Annotated[str, typer.Option(help="Packaged alias, local folder or HF id")] = DEFAULT_GENERATOR,
     embedder: Annotated[str | None, typer.Option(help="Must match the store's (default: the store's)")] = None,
     retriever: Retriever = DEFAULT_RETRIEVER,
+    rerank: Rerank = "none",
     max_new_tokens: Annotated[int, typer.Option()] = 48,
     gen_batch_size: Annotated[int, typer.Option(help="Prompts per generate() call")] = 16,
     device: Annotated[str | None, typer.Option()] = None,
@@ -129,7 +173,7 @@ def answer(
 
     try:
         r = run_answer(questions, store, out, k=k, generator=generator, embedder=embedder, retriever=retriever,
-                       max_new_tokens=max_new_tokens, gen_batch_size=gen_batch_size, device=device)
+                       rerank=rerank, max_new_tokens=max_new_tokens, gen_batch_size=gen_batch_size, device=device)
     except Exception as exc:  # noqa: BLE001
         _fail(exc)
     for problem in r.question_errors:
@@ -178,6 +222,7 @@ def evaluate(
     sample: Annotated[int | None, typer.Option(help="A random sample of N questions")] = None,
     seed: Annotated[int, typer.Option(help="Seed for --sample")] = 0,
     retriever: Retriever = DEFAULT_RETRIEVER,
+    rerank: Rerank = "none",
     generator: Annotated[str, typer.Option()] = DEFAULT_GENERATOR,
     embedder: Annotated[str, typer.Option()] = DEFAULT_EMBEDDER,
     max_new_tokens: Annotated[int, typer.Option()] = 32,
@@ -190,7 +235,7 @@ def evaluate(
     try:
         ks = [int(x) for x in k.split(",") if x.strip()]
         r = run_eval(dataset, store, out, ks=ks, context_k=context_k, corpus=str(corpus) if corpus else None,
-                     limit=limit, sample=sample, seed=seed, retriever=retriever, generator=generator,
+                     limit=limit, sample=sample, seed=seed, retriever=retriever, rerank=rerank, generator=generator,
                      embedder=embedder, max_new_tokens=max_new_tokens, device=device)
     except Exception as exc:  # noqa: BLE001
         _fail(exc)
