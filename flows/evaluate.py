@@ -20,7 +20,7 @@ from storage.reports import VERDICTS, metric_table, write_eval_report
 from storage.results import read_results
 from tasks.datasets import EvalDataset, EvalQuestion, load_eval_dataset
 from tasks.embed import DEFAULT_EMBEDDER
-from tasks.evaluate import ChunkRef, recall_curve, relevant_chunks, score_question, summarize
+from tasks.evaluate import ChunkRef, recall_curve, relevant_chunks, score_question, score_retrieval, summarize
 from tasks.retrieve import chunks_of_documents, search
 
 
@@ -97,6 +97,7 @@ def eval_flow(
     max_new_tokens: int = 32,
     gen_batch_size: int = 16,
     device: str | None = None,
+    answers: bool = True,
 ) -> EvalReport:
     """Retrieval (recall@k, MRR@10, nDCG@10) and answers (EM/F1 with vs without) measured separately."""
     t0 = time.perf_counter()
@@ -108,15 +109,20 @@ def eval_flow(
     qfile = out / "questions.jsonl"
     write_bytes_atomic(qfile, "".join(json.dumps({"id": q.id, "question": q.question, "answers": list(q.answers)})
                                       + "\n" for q in ds.questions).encode())
-    ans = answer_flow([str(qfile)], store, str(out / "answers.parquet"), k=context_k, generator=generator,
-                      retriever=retriever, rerank=rerank, max_new_tokens=max_new_tokens, gen_batch_size=gen_batch_size,
-                      device=device)
+    ans = None
+    if answers:
+        ans = answer_flow([str(qfile)], store, str(out / "answers.parquet"), k=context_k, generator=generator,
+                          retriever=retriever, rerank=rerank, max_new_tokens=max_new_tokens,
+                          gen_batch_size=gen_batch_size, device=device)
     rankings, evidence = deep_retrieval_task(store, ds.questions, max(depth, max(ks), context_k), retriever,
                                              device, rerank)
-    answers = {r["question_id"]: r for r in read_results(ans.out).to_pylist()}
+    by_id = {r["question_id"]: r for r in read_results(ans.out).to_pylist()} if ans else {}
     rows = []
     for q, ranking, ev in zip(ds.questions, rankings, evidence, strict=True):
-        a = answers[q.id]
+        if ans is None:
+            rows.append(score_retrieval(q, ranking, ev, ks))
+            continue
+        a = by_id[q.id]
         text_of = {c.chunk_id: c for c in ranking + ev}
         context = [text_of.get(cid) or ChunkRef(cid, d, 0, 0, t)
                    for cid, d, t in zip(a["chunk_ids"], a["doc_ids"], a["chunk_texts"], strict=True)]
@@ -125,10 +131,10 @@ def eval_flow(
     relevants = [relevant_chunks(q, ev) | relevant_chunks(q, rk)
                  for q, rk, ev in zip(ds.questions, rankings, evidence, strict=True)]
     curve = recall_curve([[c.chunk_id for c in rk] for rk in rankings], relevants, max(depth, max(ks)))
-    examples = _examples(rows, answers)
+    examples = _examples(rows, by_id) if ans else {}
     config = {"flow": "evaluate", "dataset": ds.name, "dataset_notes": ds.notes, "questions": len(rows),
               "store": store, "retriever": retriever, "rerank": rerank, "embedder": embedder, "generator": generator,
-              "context_k": context_k, "ks": ks, "depth": depth, "max_new_tokens": max_new_tokens,
+              "context_k": context_k, "ks": ks, "answers": answers, "depth": depth, "max_new_tokens": max_new_tokens,
               "documents": ds.documents, "index": {"added": idx.added, "changed": idx.changed,
                                                    "unchanged": idx.unchanged, "removed": idx.removed},
               "created_at": datetime.now().isoformat()}

@@ -40,9 +40,13 @@ def write_eval_report(
     with atomic_path(paths["questions"]) as tmp:
         pq.write_table(pa.Table.from_pylist(rows), tmp)
     recall_png = _recall_plot(curve)
-    failures_png = _failure_plot(summary)
+    answers = "rag_em" in summary
+    failures_png = _failure_plot(summary) if answers else b""
     write_bytes_atomic(paths["recall_png"], recall_png)
-    write_bytes_atomic(paths["failures_png"], failures_png)
+    if answers:
+        write_bytes_atomic(paths["failures_png"], failures_png)
+    else:
+        paths.pop("failures_png")
     write_json_atomic(paths["summary_json"], {"summary": summary, "recall_curve": curve})
     write_json_atomic(paths["config"], config)
     md = summary_markdown(summary, examples, config)
@@ -54,6 +58,8 @@ def write_eval_report(
 def metric_table(summary: dict[str, Any]) -> list[tuple[str, str]]:
     keys = [k for k in summary if k.startswith("recall@")] + ["mrr@10", "ndcg@10"]
     rows = [(k, f"{summary[k]:.3f}") for k in keys]
+    if "rag_em" not in summary:
+        return rows
     for m, label in (("em", "exact match"), ("f1", "token F1"), ("contains", "gold answer contained")):
         rows.append((f"{label}: without → with retrieval", f"{summary[f'no_rag_{m}']:.3f} → {summary[f'rag_{m}']:.3f}"))
     rows.append(("faithfulness of the RAG answer (lexical support)", f"{summary['faithfulness']:.3f}"))
@@ -66,6 +72,9 @@ def summary_markdown(summary: dict[str, Any], examples: dict[str, list[dict[str,
              f"`{config.get('embedder')}`, generator `{config.get('generator')}`, k = {config.get('context_k')} "
              "chunks of context.", "", "| metric | value |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in metric_table(summary)]
+    if "rag_em" not in summary:
+        tail = ["", "Retrieval only: no answers were generated.", "", "![recall@k](recall_at_k.png)", ""]
+        return "\n".join(lines + tail)
     lines += ["", "## What retrieval changed", "",
               f"Answers that differ: {summary['differ']} — grounded {summary['grounded']}, "
               f"perturbed {summary['perturbed']}, misled {summary['misled']}.", "",
@@ -141,6 +150,14 @@ def _html(summary, examples, config, recall_png: bytes, failures_png: bytes) -> 
         return f'<img alt="{alt}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
 
     e = html.escape
+    if "rag_em" not in summary:
+        rows = "".join(f"<tr><td>{e(k)}</td><td>{e(v)}</td></tr>" for k, v in metric_table(summary))
+        return (f"<!doctype html><html><head><meta charset='utf-8'><title>ragbatch evaluation</title></head>"
+                f"<body style='font-family:system-ui;max-width:960px;margin:2em auto'><h1>ragbatch evaluation: "
+                f"{e(str(config.get('dataset', '')))}</h1><p>{summary['questions']} questions, retrieval only "
+                f"(retriever <code>{e(str(config.get('retriever')))}</code>).</p><table border=1 cellpadding=4>"
+                f"<tr><th>metric</th><th>value</th></tr>{rows}</table>{img(recall_png, 'recall@k')}"
+                f"<pre>{e(json.dumps(config, indent=2, default=str))}</pre></body></html>")
     rows = "".join(f"<tr><td>{e(k)}</td><td>{e(v)}</td></tr>" for k, v in metric_table(summary))
     change = (f"<tr><td>token F1</td><td>{summary['f1_improved']}</td><td>{summary['f1_worsened']}</td>"
               f"<td>{summary['f1_unchanged']}</td></tr><tr><td>exact match</td><td>{summary['em_improved']}</td>"

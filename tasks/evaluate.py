@@ -76,6 +76,26 @@ def gold_chunks(q: EvalQuestion, doc_chunks: list[ChunkRef]) -> set[str]:
     return out
 
 
+def score_retrieval(q: EvalQuestion, ranking: list[ChunkRef], evidence_chunks: list[ChunkRef],
+                    ks: list[int]) -> dict[str, Any]:
+    """Retrieval metrics of one question; ``ranking`` is the deep ranking (best first), ``evidence_chunks``
+    all indexed chunks of its evidence documents."""
+    ids = [c.chunk_id for c in ranking]
+    relevant = relevant_chunks(q, evidence_chunks) | relevant_chunks(q, ranking)
+    golds = gold_chunks(q, evidence_chunks)
+    row: dict[str, Any] = {"question_id": q.id, "question": q.question, "gold_answers": list(q.answers),
+                           "n_relevant": len(relevant)}
+    for k in ks:
+        row[f"recall@{k}"] = recall_at_k(ids, relevant, k)
+        row[f"hit@{k}"] = hit_at_k(ids, relevant, k)
+    row["mrr@10"] = mrr_at_k(ids, relevant, 10)
+    row["ndcg@10"] = ndcg_at_k(ids, relevant, 10)
+    row["first_relevant_rank"] = first_relevant_rank(ids, relevant)
+    row["gold_chunk_rank"] = first_relevant_rank(ids, golds)
+    row["gold_chunk_exists"] = bool(golds)
+    return row
+
+
 def score_question(
     q: EvalQuestion,
     ranking: list[ChunkRef],
@@ -86,22 +106,12 @@ def score_question(
     ks: list[int],
     tau: float = SUPPORT_THRESHOLD,
 ) -> dict[str, Any]:
-    """Every per-question number and label; ``ranking`` is the deep retrieval ranking (best first),
-    ``evidence_chunks`` all indexed chunks of the evidence documents, ``context`` the chunks the
-    generator saw (the answer flow's top k)."""
-    ids = [c.chunk_id for c in ranking]
+    """Every per-question number and label: retrieval (see :func:`score_retrieval`), both answers, and
+    ``context``, the chunks the generator saw (the answer flow's top k)."""
+    row = score_retrieval(q, ranking, evidence_chunks, ks)
     relevant = relevant_chunks(q, evidence_chunks) | relevant_chunks(q, ranking)
     golds = gold_chunks(q, evidence_chunks)
     context_rank = first_relevant_rank([c.chunk_id for c in context], golds)
-    row: dict[str, Any] = {"question_id": q.id, "question": q.question, "gold_answers": list(q.answers),
-                           "n_relevant": len(relevant)}
-    for k in ks:
-        row[f"recall@{k}"] = recall_at_k(ids, relevant, k)
-        row[f"hit@{k}"] = hit_at_k(ids, relevant, k)
-    row["mrr@10"] = mrr_at_k(ids, relevant, 10)
-    row["ndcg@10"] = ndcg_at_k(ids, relevant, 10)
-    row["first_relevant_rank"] = first_relevant_rank(ids, relevant)
-    row["gold_chunk_rank"] = first_relevant_rank(ids, golds)
 
     for arm, ans in (("no_rag", no_rag_answer), ("rag", rag_answer)):
         row[f"{arm}_answer"] = ans
@@ -177,6 +187,8 @@ def summarize(rows: list[dict[str, Any]], ks: list[int]) -> dict[str, Any]:
     for k in ks:
         out[f"recall@{k}"] = mean(f"recall@{k}")
     out["mrr@10"], out["ndcg@10"] = mean("mrr@10"), mean("ndcg@10")
+    if not rows or "rag_answer" not in rows[0]:  # retrieval-only evaluation
+        return out
     for arm in ("no_rag", "rag"):
         for m in ("em", "f1", "contains"):
             out[f"{arm}_{m}"] = mean(f"{arm}_{m}")
