@@ -7,7 +7,7 @@ import hashlib
 import json
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +20,19 @@ def tmp_sibling(path: Path) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path to write to; on success it is fsynced and renamed to ``path``."""
+def atomic_path(path: Path, before_replace: Callable[[], None] | None = None) -> Iterator[Path]:
+    """Yield a temporary path to write to; on success it is fsynced and renamed to ``path``.
+
+    ``before_replace`` runs between the fsync and the rename (the store's crash-test hook uses it).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = tmp_sibling(path)
     try:
         yield tmp
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
+        if before_replace is not None:
+            before_replace()
         os.replace(tmp, path)
         _fsync_dir(path.parent)
     finally:
@@ -35,13 +40,13 @@ def atomic_path(path: Path) -> Iterator[Path]:
             tmp.unlink()
 
 
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    with atomic_path(path) as tmp:
+def write_bytes_atomic(path: Path, data: bytes, before_replace: Callable[[], None] | None = None) -> None:
+    with atomic_path(path, before_replace) as tmp:
         tmp.write_bytes(data)
 
 
-def write_json_atomic(path: Path, obj: Any) -> None:
-    write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+def write_json_atomic(path: Path, obj: Any, before_replace: Callable[[], None] | None = None) -> None:
+    write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode(), before_replace)
 
 
 def sha256_file(path: Path, bufsize: int = 1 << 20) -> str:

@@ -12,15 +12,33 @@ Shards are immutable. A chunk row is *live* when its document's manifest entry p
 with the same content hash; rows of removed or changed documents are tombstoned implicitly and dropped
 by compaction. A writer that dies before renaming ``index.json`` leaves the previous generation intact;
 files that no committed generation references are orphans and are deleted by the next writer.
+
+:meth:`Store.verify` checks a store end to end (checksums, headers, row counts, liveness, norms) and
+:meth:`Store.compact` rewrites shards with many tombstoned rows into shards of live rows only.
+
+Test hook (crash tests only, never set it otherwise): ``RAGBATCH_TEST_KILL_AT=POINT:N[,POINT:N...]`` makes
+the process SIGKILL itself the N-th time (counted per process, from 1) it reaches POINT:
+
+- ``mid-shard``          a shard's tensor file is in place, its chunk table is not yet written
+- ``after-shard``        both files of a shard are in place, not yet committed
+- ``after-manifest``     a commit's new manifest is in place, ``index.json`` not yet written
+- ``before-index-json``  ``index.json``'s temporary file is written and fsynced, not yet renamed
+- ``after-index-json``   ``index.json`` is renamed (committed), garbage not yet collected
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import json
+import math
 import os
+import signal
 import socket
 import time
 import uuid
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,13 +46,19 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+from safetensors.torch import load as load_bytes
 from safetensors.torch import load_file, save_file
 
-from storage.atomic import atomic_path, remove_orphan_tmp, sha256_file, write_json_atomic
+from storage.atomic import TMP_MARK, atomic_path, remove_orphan_tmp, sha256_file, write_json_atomic
 
 FORMAT_VERSION = 1
 INDEX_FILE = "index.json"
 LOCK_FILE = ".lock"
+LOCK_GUARD_FILE = ".lock.guard"  # flock()ed while a stale lock is taken over, so two takers cannot race
+EMPTY_LOCK_STALE_S = 30.0  # an empty/unreadable lock (writer died between create and write) older than this is stale
+NORM_TOLERANCE = 1e-3
+COMPACT_SHARD_ROWS = 65536  # compaction packs live rows into shards of at most this many rows (whole documents)
+KILL_ENV = "RAGBATCH_TEST_KILL_AT"
 
 CHUNK_SCHEMA = pa.schema(
     [
@@ -109,6 +133,15 @@ class IndexMeta:
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
+    @property
+    def dead_rows(self) -> int:
+        return self.total_rows - self.live_rows
+
+    @property
+    def dead_ratio(self) -> float:
+        """The share of stored rows that are tombstoned (0 for an empty store)."""
+        return self.dead_rows / self.total_rows if self.total_rows else 0.0
+
 
 @dataclass
 class ShardWrite:
@@ -116,6 +149,93 @@ class ShardWrite:
 
     info: ShardInfo
     manifest_rows: list[dict[str, Any]]
+
+
+@dataclass
+class VerifyReport:
+    """What :meth:`Store.check` found: ``problems`` is empty for a healthy store."""
+
+    store: str
+    problems: list[str] = field(default_factory=list)
+    generation: int = 0
+    documents: int = 0
+    shards: int = 0
+    live_rows: int = 0
+    total_rows: int = 0
+    orphans: list[str] = field(default_factory=list)  # unreferenced files (harmless; the next writer deletes them)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+@dataclass
+class CompactReport:
+    store: str
+    generation: int = 0
+    compacted: list[str] = field(default_factory=list)  # shards rewritten (and then deleted)
+    written: list[str] = field(default_factory=list)  # the new shards holding their live rows
+    rows_copied: int = 0
+    dead_rows_dropped: int = 0
+    shards_before: int = 0
+    shards_after: int = 0
+    dead_ratio_before: float = 0.0
+    dead_ratio_after: float = 0.0
+    bytes_freed: int = 0
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _kill_point(point: str) -> None:
+    """The crash-test hook (see the module docstring): SIGKILL this process at the configured point."""
+    spec = os.environ.get(KILL_ENV)
+    if not spec:
+        return
+    count = _KILL_COUNTS[point] = _KILL_COUNTS.get(point, 0) + 1
+    for item in spec.split(","):
+        name, _, n = item.strip().partition(":")
+        if name == point and count == int(n or 1):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+_KILL_COUNTS: dict[str, int] = {}
+
+
+def live_keys(manifest: pa.Table) -> set[tuple[str, str, str]]:
+    """(doc_id, shard, sha256) of every manifest entry: a chunk row is live when its triple is in here."""
+    return set(
+        zip(manifest["doc_id"].to_pylist(), manifest["shard"].to_pylist(), manifest["sha256"].to_pylist(), strict=True)
+    )
+
+
+def live_mask(chunks: pa.Table, shard: str, keys: set[tuple[str, str, str]]) -> list[bool]:
+    """Which rows of one shard's chunk table are live under the manifest ``keys``."""
+    return [
+        (d, shard, h) in keys
+        for d, h in zip(chunks["doc_id"].to_pylist(), chunks["doc_sha256"].to_pylist(), strict=True)
+    ]
+
+
+def read_safetensors_header(path: Path) -> tuple[dict[str, Any], int, int]:
+    """The JSON header of a safetensors file, its length and the file size (without reading the data)."""
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        raw = fh.read(8)
+        if len(raw) < 8:
+            raise ValueError(f"{size} bytes, too short for a safetensors header")
+        n = int.from_bytes(raw, "little")
+        if n > size - 8:
+            raise ValueError(f"header length {n} exceeds the file size {size} (truncated?)")
+        try:
+            header = json.loads(fh.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"header is not valid JSON ({exc})") from exc
+    if not isinstance(header, dict):
+        raise ValueError("header is not a JSON object")
+    return header, n, size
 
 
 class Store:
@@ -155,22 +275,36 @@ class Store:
         return self.shard_dir / f"{name}.safetensors", self.shard_dir / f"{name}.chunks.parquet"
 
     def read_shard(self, info: ShardInfo, check_sha: bool = False) -> tuple[torch.Tensor, pa.Table]:
-        """Load one shard's tensor and chunk table, checking shape (and optionally checksums)."""
+        """Load one shard's tensor and chunk table, checking shape (and optionally checksums).
+
+        With ``check_sha`` each file is read once into memory, hashed and parsed from those bytes, so the
+        check costs the hashing only.
+        """
         tpath, cpath = self.shard_paths(info.name)
         for p in (tpath, cpath):
             if not p.exists():
                 raise StoreError(f"{p}: shard file missing")
+        tsrc: Any = tpath
+        csrc: Any = cpath
         if check_sha:
+            blobs = []
             for p, want in ((tpath, info.sha256), (cpath, info.chunks_sha256)):
-                got = sha256_file(p)
+                data = p.read_bytes()
+                got = hashlib.sha256(data).hexdigest()
                 if got != want:
-                    raise StoreError(f"{p}: checksum mismatch (expected {want[:12]}…, found {got[:12]}…)")
+                    raise StoreError(
+                        f"{p}: checksum mismatch ({INDEX_FILE} expects sha256 {want[:12]}…, the file ({len(data)} "
+                        f"bytes) has {got[:12]}…): changed or truncated after it was committed; "
+                        f"run `ragbatch verify --store {self.root}`"
+                    )
+                blobs.append(data)
+            tsrc, csrc = blobs[0], pa.BufferReader(blobs[1])
         try:
-            emb = load_file(tpath)["embeddings"]
+            emb = (load_bytes(tsrc) if isinstance(tsrc, bytes) else load_file(tsrc))["embeddings"]
         except Exception as exc:  # safetensors raises several types on corrupt input
             raise StoreError(f"{tpath}: unreadable shard ({exc})") from exc
         try:
-            chunks = pq.read_table(cpath, schema=CHUNK_SCHEMA)
+            chunks = pq.read_table(csrc, schema=CHUNK_SCHEMA)
         except (OSError, pa.ArrowException) as exc:
             raise StoreError(f"{cpath}: unreadable chunk table ({exc})") from exc
         if emb.shape != (info.rows, info.dim) or chunks.num_rows != info.rows:
@@ -205,8 +339,10 @@ class Store:
         emb = embeddings.detach().to("cpu", torch.float32).contiguous()
         with atomic_path(tpath) as tmp:
             save_file({"embeddings": emb}, str(tmp), metadata={"format": "ragbatch", "rows": str(emb.shape[0])})
+        _kill_point("mid-shard")
         with atomic_path(cpath) as tmp:
             pq.write_table(chunks.cast(CHUNK_SCHEMA), tmp)
+        _kill_point("after-shard")
         info = ShardInfo(
             name=name,
             rows=int(emb.shape[0]),
@@ -252,6 +388,7 @@ class Store:
         rows = sorted(manifest.values(), key=lambda r: r["doc_id"])
         with atomic_path(self.root / manifest_name) as tmp:
             pq.write_table(pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA), tmp)
+        _kill_point("after-manifest")
         meta = IndexMeta(
             embedder=embedder,
             dim=dim,
@@ -263,7 +400,10 @@ class Store:
             documents=len(rows),
             updated_at=time.time(),
         )
-        write_json_atomic(self.root / INDEX_FILE, meta.to_json())
+        write_json_atomic(
+            self.root / INDEX_FILE, meta.to_json(), before_replace=lambda: _kill_point("before-index-json")
+        )
+        _kill_point("after-index-json")
         self.collect_garbage(meta)
         return meta
 
@@ -285,6 +425,298 @@ class Store:
                     removed.append(p)
         return removed
 
+    # ---------------------------------------------------------------- checking
+    def verify(self) -> list[str]:
+        """Every problem of the committed generation, each naming its file (empty: the store is healthy)."""
+        return self.check().problems
+
+    def check(self) -> VerifyReport:
+        """Check the committed generation end to end (see :meth:`verify`), with counts for a report.
+
+        Every shard listed in ``index.json`` exists with the recorded sha256, its safetensors header and
+        chunk Parquet are readable and hold ``rows × dim`` float32 rows; the manifest is readable; each
+        manifest document's ``n_chunks`` equals its live rows, which are its chunk indices 0..n-1 exactly
+        once; no chunk id is live twice; the live row count equals ``live_rows``; live rows have unit norm
+        within 1e-3. Files no generation references are listed as orphans, not problems. Readers take no
+        lock: if a writer commits (and deletes replaced files) while the check runs, it is redone on the new
+        generation.
+        """
+        for _ in range(3):
+            rep = self._check_once()
+            try:
+                if rep.ok or self.meta().generation == rep.generation:
+                    return rep
+            except StoreError:
+                return rep
+        return rep
+
+    def _check_once(self) -> VerifyReport:
+        t0 = time.perf_counter()
+        rep = VerifyReport(store=str(self.root))
+        problems = rep.problems
+        index_path = self.root / INDEX_FILE
+        try:
+            meta = self.meta()
+        except StoreError as exc:
+            problems.append(str(exc))
+            return rep
+        rep.generation, rep.shards = meta.generation, len(meta.shards)
+        manifest: pa.Table | None = None
+        mpath = self.root / meta.manifest if meta.manifest else None
+        if mpath is None:
+            if meta.shards:
+                problems.append(f"{index_path}: lists {len(meta.shards)} shards but no manifest")
+        elif not mpath.exists():
+            problems.append(f"{mpath}: manifest missing (named in {index_path})")
+        else:
+            try:
+                manifest = pq.read_table(mpath, schema=MANIFEST_SCHEMA)
+            except (OSError, pa.ArrowException) as exc:
+                problems.append(f"{mpath}: unreadable manifest ({exc})")
+        docs: dict[str, dict[str, Any]] = {}
+        if manifest is not None:
+            for row in manifest.to_pylist():
+                if row["doc_id"] in docs:
+                    problems.append(f"{mpath}: document {row['doc_id']!r} is listed twice")
+                docs[row["doc_id"]] = row
+                if row["embedder"] != meta.embedder.get("id"):
+                    problems.append(
+                        f"{mpath}: document {row['doc_id']!r} was embedded by {str(row['embedder'])[:12]}, "
+                        f"not by the index's embedder {str(meta.embedder.get('id'))[:12]}"
+                    )
+            rep.documents = len(docs)
+            if meta.documents != len(docs):
+                problems.append(f"{index_path}: documents {meta.documents}, but the manifest lists {len(docs)}")
+        keys = live_keys(manifest) if manifest is not None else set()
+        names = [s.name for s in meta.shards]
+        for name, count in Counter(names).items():
+            if count > 1:
+                problems.append(f"{index_path}: shard {name} is listed {count} times")
+
+        live_per_doc: dict[str, list[int]] = {}  # doc id -> live chunk indices
+        live_chunk_ids: dict[str, list[str]] = {}  # chunk id -> shards where it is live
+        unreadable_shards: set[str] = set()
+        live_total = 0
+        for info in meta.shards:
+            rep.total_rows += info.rows
+            emb, chunks = self._check_shard(info, meta, problems)
+            if emb is None or chunks is None:
+                unreadable_shards.add(info.name)
+                continue
+            if manifest is None:
+                continue
+            mask = live_mask(chunks, info.name, keys)
+            live = [i for i, m in enumerate(mask) if m]
+            live_total += len(live)
+            ids, doc_ids = chunks["chunk_id"].to_pylist(), chunks["doc_id"].to_pylist()
+            indices = chunks["chunk_index"].to_pylist()
+            for i in live:
+                live_per_doc.setdefault(doc_ids[i], []).append(indices[i])
+                live_chunk_ids.setdefault(ids[i], []).append(info.name)
+            if live:
+                norms = emb[torch.tensor(live)].norm(dim=1)
+                off = (norms - 1).abs()
+                bad = torch.nonzero(~(off <= NORM_TOLERANCE)).flatten().tolist()  # NaN counts as bad
+                if bad:
+                    worst = bad[int(torch.argmax(torch.nan_to_num(off[bad], nan=math.inf)))]
+                    row = live[worst]
+                    problems.append(
+                        f"{self.shard_paths(info.name)[0]}: {len(bad)} live rows do not have unit norm within "
+                        f"{NORM_TOLERANCE} (row {row}, chunk {ids[row]!r}: norm {float(norms[worst]):.6f})"
+                    )
+        rep.live_rows = live_total
+        if manifest is not None:
+            listed = set(names)
+            for doc_id, row in docs.items():
+                n = int(row["n_chunks"])
+                if row["shard"] not in listed:
+                    if n:
+                        problems.append(
+                            f"{mpath}: document {doc_id!r} points at shard {row['shard']}, which {index_path} "
+                            "does not list"
+                        )
+                    continue
+                if row["shard"] in unreadable_shards:
+                    continue  # already reported; its rows cannot be counted
+                got = sorted(live_per_doc.get(doc_id, []))
+                if len(got) != n:
+                    problems.append(
+                        f"{mpath}: document {doc_id!r} has n_chunks {n} but {len(got)} live rows "
+                        f"in shard {row['shard']}"
+                    )
+                elif got != list(range(n)):
+                    problems.append(
+                        f"{mpath}: document {doc_id!r}: live chunk indices {got[:10]} are not 0..{n - 1} "
+                        f"(shard {row['shard']})"
+                    )
+            for chunk_id, where in live_chunk_ids.items():
+                if len(where) > 1:
+                    problems.append(
+                        f"{self.shard_paths(where[-1])[1]}: chunk id {chunk_id!r} is live {len(where)} times "
+                        f"(shards {', '.join(where)})"
+                    )
+            if not unreadable_shards and live_total != meta.live_rows:
+                problems.append(f"{index_path}: live_rows {meta.live_rows}, but {live_total} rows are live")
+        if meta.total_rows != sum(s.rows for s in meta.shards):
+            problems.append(
+                f"{index_path}: total_rows {meta.total_rows}, but its shards hold {sum(s.rows for s in meta.shards)}"
+            )
+        rep.orphans = [str(p) for p in self._unreferenced(meta)]
+        rep.seconds = time.perf_counter() - t0
+        return rep
+
+    def _check_shard(
+        self, info: ShardInfo, meta: IndexMeta, problems: list[str]
+    ) -> tuple[torch.Tensor | None, pa.Table | None]:
+        """Check one shard's two files against ``index.json``; return what could be read."""
+        tpath, cpath = self.shard_paths(info.name)
+        if info.dim != meta.dim:
+            problems.append(f"{self.root / INDEX_FILE}: shard {info.name} has dim {info.dim}, the index {meta.dim}")
+        for p, want in ((tpath, info.sha256), (cpath, info.chunks_sha256)):
+            if not p.exists():
+                problems.append(f"{p}: missing (listed in {INDEX_FILE})")
+            else:
+                got = sha256_file(p)
+                if got != want:
+                    problems.append(
+                        f"{p}: sha256 mismatch ({INDEX_FILE} says {want[:12]}…, the file ({p.stat().st_size} bytes) "
+                        f"has {got[:12]}…): changed or truncated since it was committed"
+                    )
+        emb = chunks = None
+        if tpath.exists():
+            try:
+                header, n, size = read_safetensors_header(tpath)
+                entry = header.get("embeddings")
+                if not isinstance(entry, dict):
+                    raise ValueError("no 'embeddings' tensor in the header")
+                if entry.get("dtype") != "F32" or entry.get("shape") != [info.rows, info.dim]:
+                    raise ValueError(
+                        f"header says {entry.get('dtype')} {entry.get('shape')}, {INDEX_FILE} says "
+                        f"F32 [{info.rows}, {info.dim}]"
+                    )
+                end = (entry.get("data_offsets") or [0, 0])[1]
+                if 8 + n + end != size:
+                    raise ValueError(f"the header needs {8 + n + end} bytes, the file has {size} (truncated?)")
+                emb = load_file(tpath)["embeddings"]
+            except Exception as exc:  # noqa: BLE001 - safetensors raises several types on corrupt input
+                problems.append(f"{tpath}: unreadable safetensors ({exc})")
+                emb = None
+        if cpath.exists():
+            try:
+                chunks = pq.read_table(cpath, schema=CHUNK_SCHEMA)
+            except (OSError, pa.ArrowException) as exc:
+                problems.append(f"{cpath}: unreadable Parquet ({exc})")
+            else:
+                if chunks.num_rows != info.rows:
+                    problems.append(f"{cpath}: {chunks.num_rows} chunk rows, {INDEX_FILE} says {info.rows}")
+                    chunks = None
+        if emb is not None and chunks is not None and emb.shape[0] != chunks.num_rows:
+            problems.append(f"{tpath}: {emb.shape[0]} embedding rows for {chunks.num_rows} chunk rows in {cpath}")
+            return None, None
+        return emb, chunks
+
+    def _unreferenced(self, meta: IndexMeta) -> list[Path]:
+        keep = {INDEX_FILE, meta.manifest}
+        keep_shards = {n for s in meta.shards for n in (f"{s.name}.safetensors", f"{s.name}.chunks.parquet")}
+        out = [p for p in self.root.glob("manifest-*.parquet") if p.name not in keep]
+        out += [p for p in self.root.glob(f"{TMP_MARK}*")]
+        if self.shard_dir.exists():
+            out += [p for p in self.shard_dir.iterdir() if p.is_file() and p.name not in keep_shards]
+        return sorted(out)
+
+    # ---------------------------------------------------------------- compaction
+    def compact(
+        self, min_dead_ratio: float = 0.0, *, locked: bool = False, lock_wait_s: float = 0.0,
+        shard_rows: int = COMPACT_SHARD_ROWS,
+    ) -> CompactReport:
+        """Rewrite every shard whose dead-row ratio exceeds ``min_dead_ratio`` into new shards of live rows.
+
+        Embeddings are copied, never recomputed; the checksums of the shards read are checked first, so a
+        corrupt shard is refused rather than copied. Documents are never split across shards; the new
+        shards are committed through :meth:`commit` (the manifest re-pointed, the old shards dropped in the
+        same atomic step) and the old files deleted. ``locked=True`` when the caller already holds the
+        writer lock (the index flow); otherwise the lock is taken here.
+        """
+        if locked:
+            return self._compact(min_dead_ratio, shard_rows)
+        with self.lock(wait_s=lock_wait_s):
+            return self._compact(min_dead_ratio, shard_rows)
+
+    def _compact(self, min_dead_ratio: float, shard_rows: int) -> CompactReport:
+        t0 = time.perf_counter()
+        meta = self.meta()
+        manifest = self.manifest(meta)
+        rep = CompactReport(store=str(self.root), generation=meta.generation, shards_before=len(meta.shards),
+                            shards_after=len(meta.shards), dead_ratio_before=meta.dead_ratio,
+                            dead_ratio_after=meta.dead_ratio)
+        live_per_shard: dict[str, int] = {}
+        for shard, n in zip(manifest["shard"].to_pylist(), manifest["n_chunks"].to_pylist(), strict=True):
+            live_per_shard[shard] = live_per_shard.get(shard, 0) + int(n)
+        selected = [
+            s for s in meta.shards if s.rows and (s.rows - live_per_shard.get(s.name, 0)) / s.rows > min_dead_ratio
+        ]
+        if not selected:
+            rep.seconds = time.perf_counter() - t0
+            return rep
+        keys = live_keys(manifest)
+        by_doc = {r["doc_id"]: r for r in manifest.to_pylist()}
+        names = {s.name for s in selected}
+        writes: list[ShardWrite] = []
+        # Live rows waiting for the next new shard: (embeddings, chunk rows, doc id) per document. Shards are
+        # read one at a time, so memory holds about one old shard plus one new one.
+        pending: list[tuple[torch.Tensor, pa.Table, str]] = []
+        pending_rows = 0
+
+        def flush() -> None:
+            nonlocal pending, pending_rows
+            if pending:
+                emb = torch.cat([e for e, _, _ in pending])
+                chunks = pa.concat_tables([t for _, t, _ in pending])
+                writes.append(self.write_shard(emb, chunks, [by_doc[d] for _, _, d in pending]))
+                rep.rows_copied += int(emb.shape[0])
+            pending, pending_rows = [], 0
+
+        moved: set[str] = set()
+        for info in selected:
+            emb, chunks = self.read_shard(info, check_sha=True)
+            live = [i for i, m in enumerate(live_mask(chunks, info.name, keys)) if m]
+            rep.dead_rows_dropped += info.rows - len(live)
+            if not live:
+                continue
+            rows_of: dict[str, list[int]] = {}  # doc id -> its live rows, in row order
+            for i, d in zip(live, chunks.take(pa.array(live))["doc_id"].to_pylist(), strict=True):
+                rows_of.setdefault(d, []).append(i)
+            order = [i for rows in rows_of.values() for i in rows]  # each document's rows together
+            emb_live, chunks_live = emb[torch.tensor(order)], chunks.take(pa.array(order))
+            at = 0
+            for doc_id, rows in rows_of.items():
+                n = len(rows)
+                if n != int(by_doc[doc_id]["n_chunks"]):
+                    raise StoreError(
+                        f"{self.shard_paths(info.name)[1]}: document {doc_id!r} has {n} live rows but "
+                        f"n_chunks {by_doc[doc_id]['n_chunks']} in the manifest; run `ragbatch verify --store "
+                        f"{self.root}`"
+                    )
+                if pending and pending_rows + n > shard_rows:
+                    flush()
+                pending.append((emb_live[at : at + n], chunks_live.slice(at, n), doc_id))
+                pending_rows += n
+                at += n
+                moved.add(doc_id)
+        flush()
+        # Documents pointing at a compacted shard with no rows there (n_chunks 0) follow it to the new shard.
+        empty_docs = [d for d, r in by_doc.items() if r["shard"] in names and d not in moved]
+        if empty_docs and writes:
+            writes[0].manifest_rows += [dict(by_doc[d], shard=writes[0].info.name) for d in empty_docs]
+        sizes = sum(p.stat().st_size for s in selected for p in self.shard_paths(s.name) if p.exists())
+        new = self.commit(meta.embedder, meta.dim, writes, drop_shards=names)
+        rep.bytes_freed = sizes - sum(p.stat().st_size for w in writes for p in self.shard_paths(w.info.name))
+        rep.compacted = [s.name for s in selected]
+        rep.written = [w.info.name for w in writes]
+        rep.generation, rep.shards_after, rep.dead_ratio_after = new.generation, len(new.shards), new.dead_ratio
+        rep.seconds = time.perf_counter() - t0
+        return rep
+
     # ---------------------------------------------------------------- locking
     def lock(self, wait_s: float = 0.0) -> StoreLock:
         return StoreLock(self.root / LOCK_FILE, wait_s=wait_s)
@@ -293,7 +725,10 @@ class Store:
 class StoreLock:
     """An exclusive writer lock: a file created with O_EXCL holding the owner's pid and host.
 
-    A lock left by a dead process on this host is taken over; one held by a live process (or
+    A lock left by a dead process on this host is taken over, and so is a lock file that is empty or
+    unreadable (a writer killed between creating and writing it) once it is ``EMPTY_LOCK_STALE_S`` old
+    by mtime. Take-overs happen under an ``flock`` on ``.lock.guard`` and re-read the lock there, so
+    two writers finding the same stale lock cannot both take it. A lock held by a live process (or
     another host) makes the second writer wait up to ``wait_s`` and then fail with who holds it.
     """
 
@@ -310,20 +745,16 @@ class StoreLock:
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
-                holder = self._holder()
-                if holder is not None and self._is_stale(holder):
-                    self.path.unlink(missing_ok=True)
+                if self._remove_if_stale():
                     continue
                 if time.monotonic() >= deadline:
-                    who = f"pid {holder.get('pid')} on {holder.get('host')}" if holder else "an unknown process"
-                    raise StoreError(
-                        f"store {self.path.parent} is locked by {who} (another index run is writing it); "
-                        f"wait for it to finish, or remove {self.path} if that process is gone"
-                    ) from None
+                    raise StoreError(self._locked_message()) from None
                 time.sleep(0.2)
                 continue
             with os.fdopen(fd, "w") as fh:
                 json.dump(me, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
             self.held = True
             return self
 
@@ -332,11 +763,51 @@ class StoreLock:
             self.path.unlink(missing_ok=True)
             self.held = False
 
+    def _remove_if_stale(self) -> bool:
+        """Remove the lock file if its holder is gone; True when there is no lock file any more."""
+        guard = self.path.with_name(LOCK_GUARD_FILE)
+        with open(guard, "a") as gh:
+            fcntl.flock(gh.fileno(), fcntl.LOCK_EX)
+            try:
+                try:
+                    holder, age = self._holder(), time.time() - self.path.stat().st_mtime
+                except FileNotFoundError:
+                    return True
+                if holder is not None:
+                    stale = self._is_stale(holder)
+                else:
+                    stale = age > EMPTY_LOCK_STALE_S
+                if stale:
+                    self.path.unlink(missing_ok=True)
+                return stale
+            finally:
+                fcntl.flock(gh.fileno(), fcntl.LOCK_UN)
+
+    def _locked_message(self) -> str:
+        holder = self._holder()
+        if holder is not None:
+            who = f"pid {holder.get('pid')} on {holder.get('host')}"
+            if holder.get("since"):
+                who += f" since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(float(holder['since'])))}"
+        else:
+            who = "an unknown process"
+            with contextlib.suppress(OSError):
+                age = time.time() - self.path.stat().st_mtime
+                who += (
+                    f" (the lock file is empty or unreadable, {age:.0f}s old; it counts as stale after "
+                    f"{EMPTY_LOCK_STALE_S:.0f}s)"
+                )
+        return (
+            f"store {self.path.parent} is locked by {who} (another index run is writing it); "
+            f"wait for it to finish (--wait SECONDS), or remove {self.path} if that process is gone"
+        )
+
     def _holder(self) -> dict[str, Any] | None:
         try:
-            return json.loads(self.path.read_text())
-        except (OSError, json.JSONDecodeError):
+            obj = json.loads(self.path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
             return None
+        return obj if isinstance(obj, dict) and "pid" in obj else None
 
     @staticmethod
     def _is_stale(holder: dict[str, Any]) -> bool:
@@ -346,6 +817,6 @@ class StoreLock:
             os.kill(int(holder["pid"]), 0)
         except ProcessLookupError:
             return True
-        except (PermissionError, KeyError, ValueError, TypeError):
+        except (PermissionError, KeyError, ValueError, TypeError, OverflowError):
             return False
         return False

@@ -12,7 +12,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from storage.store import Store
+from storage.store import CompactReport, IndexMeta, Store
 from tasks.chunk import ChunkSettings, chunk_text
 from tasks.embed import EmbedderConfig, load_embedder
 from tasks.load import Document
@@ -143,3 +143,18 @@ def chunk_and_embed(
         seconds=time.perf_counter() - t0,
         embed_per_s=model.last_stats.get("per_s", 0.0),
     )
+
+
+def compaction_due(meta: IndexMeta | None, compact_dead_ratio: float) -> bool:
+    """Whether more than ``compact_dead_ratio`` of the store's rows are tombstoned (``≥ 1``: never)."""
+    return meta is not None and meta.dead_rows > 0 and meta.dead_ratio > compact_dead_ratio
+
+
+def compact_if_needed(store: Store, compact_dead_ratio: float) -> CompactReport | None:
+    """Compact when :func:`compaction_due` (the caller holds the writer lock); ``None`` when nothing was due.
+
+    Every shard with a dead row is rewritten then, so the store ends with none.
+    """
+    if not compaction_due(store.meta() if store.exists() else None, compact_dead_ratio):
+        return None
+    return store.compact(0.0, locked=True)

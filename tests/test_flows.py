@@ -7,8 +7,8 @@ import shutil
 
 import polars as pl
 import pytest
-from conftest import FAST_GENERATOR, write_corpus
 
+from conftest import FAST_GENERATOR, write_corpus
 from storage.store import EmbedderMismatchError, Store
 from tasks.retrieve import load_dense_index, search
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 
 from conftest import write_corpus
-
 from tasks.load import load_documents
 
 

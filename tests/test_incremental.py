@@ -1,0 +1,402 @@
+"""Issue 4: incremental, crash-safe re-indexing — verify, compaction, lock details, kill-and-resume.
+
+Kills use the store's test hook ``RAGBATCH_TEST_KILL_AT=POINT:N`` (see storage/store.py) in a subprocess
+running the real index flow through ``python -m ragbatch.cli index``. The subprocesses talk to the session's
+Prefect test server (``PREFECT_API_URL`` of the harness) instead of starting their own ephemeral server
+(~25 s each), so every kill costs only the start-up of Python, torch and the embedder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+import torch
+
+from conftest import ROOT, write_corpus
+from storage.store import EMPTY_LOCK_STALE_S, KILL_ENV, Store, StoreError
+from tasks.retrieve import load_dense_index, search
+
+FP = {"id": "fp-test", "name": "model-test", "pooling": "mean", "dim": 4}
+
+WORDS = (
+    "amber basalt cedar delta ember fjord granite harbor indigo juniper kestrel lagoon meadow nebula orchid "
+    "prairie quartz raven sierra tundra umber valley willow xenon yarrow zephyr anchor beacon canyon dune"
+).split()
+
+
+# ---------------------------------------------------------------- helpers
+def _shard(store: Store, docs: dict[str, tuple[str, int]], seed: int = 0, scale: float = 1.0, dup: bool = False):
+    """Write one (uncommitted) shard with ``n`` chunks for each doc id -> (sha, n)."""
+    g = torch.Generator().manual_seed(seed)
+    rows, manifest = [], []
+    for doc_id, (sha, n) in docs.items():
+        for i in range(n):
+            cid = f"{doc_id}#0" if dup else f"{doc_id}#{i}"
+            rows.append({"chunk_id": cid, "doc_id": doc_id, "doc_sha256": sha, "chunk_index": 0 if dup else i,
+                         "text": f"{doc_id} chunk {i}", "char_start": 0, "char_end": 1, "n_tokens": 1})
+        manifest.append({"doc_id": doc_id, "path": doc_id, "sha256": sha, "size": 1, "mtime": 0.0, "n_chunks": n,
+                         "embedder": FP["id"], "chunking": "c", "status": "indexed", "indexed_at": 0.0})
+    emb = torch.nn.functional.normalize(torch.randn(len(rows), 4, generator=g), dim=1) * scale
+    return store.write_shard(emb, pa.Table.from_pylist(rows), manifest)
+
+
+def _live(store: Store) -> dict[str, torch.Tensor]:
+    """chunk id -> embedding of every live row."""
+    idx = load_dense_index(store, "cpu", check_sha=True)
+    emb = torch.cat(idx.shards) if idx.shards else torch.empty(0, 4)
+    return dict(zip(idx.chunks["chunk_id"].to_pylist(), emb, strict=True))
+
+
+def _doc_text(i: int, version: int = 0) -> str:
+    r = random.Random(i * 1000 + version)
+    words = " ".join(r.choice(WORDS) for _ in range(10))
+    return f"Record {i} version {version}: {words}."
+
+
+def _make_corpus(root: Path, n: int) -> Path:
+    return write_corpus(root, {f"doc-{i:04d}.txt": _doc_text(i) for i in range(n)})
+
+
+def _committed(store: Path) -> dict[str, tuple[str, float]]:
+    """doc id -> (shard, indexed_at) of the committed generation."""
+    st = Store(store)
+    if not st.exists():
+        return {}
+    return {r["doc_id"]: (r["shard"], r["indexed_at"]) for r in st.manifest().to_pylist()}
+
+
+@pytest.fixture()
+def api_env(prefect_harness) -> dict[str, str]:
+    """Environment for subprocesses: the session's Prefect test server, no kill point."""
+    from prefect.settings import PREFECT_API_URL
+
+    env = dict(os.environ, PREFECT_API_URL=PREFECT_API_URL.value(), PYTHONPATH=str(ROOT))
+    env.pop(KILL_ENV, None)
+    return env
+
+
+def _lock_pid(store: Path) -> int | None:
+    try:
+        return json.loads((store / ".lock").read_text()).get("pid")
+    except (OSError, ValueError):
+        return None
+
+
+def _index_cmd(docs: Path, store: Path, batch_docs: int) -> list[str]:
+    return [sys.executable, "-m", "ragbatch.cli", "index", str(docs), "--store", str(store),
+            "--batch-docs", str(batch_docs)]
+
+
+# ---------------------------------------------------------------- verify (store level, no model)
+def test_verify_names_each_problem(tmp_path):
+    st = Store(tmp_path / "s")
+    st.commit(FP, 4, [_shard(st, {"a": ("h1", 2), "b": ("h1", 3)})])
+    assert st.verify() == []
+    rep = st.check()
+    assert (rep.documents, rep.live_rows, rep.total_rows, rep.shards) == (2, 5, 5, 1)
+
+    # Rows that are not unit vectors: the safetensors file, the row and its norm are named.
+    st.commit(FP, 4, [_shard(st, {"c": ("h1", 2)}, scale=1.01)])
+    (problem,) = st.verify()
+    c_shard = st.manifest().to_pylist()[2]["shard"]
+    assert f"{c_shard}.safetensors: 2 live rows do not have unit norm" in problem and "norm 1.01" in problem
+    st.commit(FP, 4, [], remove_doc_ids={"c"})
+    assert st.verify() == []
+
+    # A chunk id live twice (and chunk indices not 0..n-1).
+    st.commit(FP, 4, [_shard(st, {"d": ("h1", 2)}, dup=True)])
+    problems = st.verify()
+    assert any("chunk id 'd#0' is live 2 times" in p for p in problems)
+    assert any("document 'd': live chunk indices [0, 0] are not 0..1" in p for p in problems)
+    st.commit(FP, 4, [], remove_doc_ids={"d"})
+
+    # A manifest whose n_chunks disagrees with the rows: the manifest, document and shard are named.
+    w = _shard(st, {"e": ("h1", 2)})
+    w.manifest_rows[0]["n_chunks"] = 3
+    meta = st.commit(FP, 4, [w])
+    problems = st.verify()
+    assert any(f"{meta.manifest}: document 'e' has n_chunks 3 but 2 live rows in shard {w.info.name}" in p
+               for p in problems)
+    assert any("index.json: live_rows 8, but 7 rows are live" in p for p in problems)
+    st.commit(FP, 4, [], remove_doc_ids={"e"})
+    assert st.verify() == []
+
+    # Missing shard file and an unreadable manifest.
+    info = st.meta().shards[0]
+    tpath, cpath = st.shard_paths(info.name)
+    tpath.rename(tmp_path / "saved")
+    assert st.verify() == [f"{tpath}: missing (listed in index.json)"]
+    (tmp_path / "saved").rename(tpath)
+    mpath = st.root / st.meta().manifest
+    saved = mpath.read_bytes()
+    mpath.write_bytes(saved[:-20])
+    assert any(p.startswith(f"{mpath}: unreadable manifest") for p in st.verify())
+    mpath.write_bytes(saved)
+    assert st.verify() == []
+    (st.root / "index.json").write_text("{not json")
+    assert st.verify()[0].startswith(f"{st.root / 'index.json'}: unreadable index metadata")
+
+
+# ---------------------------------------------------------------- compaction (store level)
+def test_compaction_copies_live_rows_exactly_and_respects_the_threshold(tmp_path):
+    st = Store(tmp_path / "s")
+    st.commit(FP, 4, [_shard(st, {"a": ("h1", 2), "b": ("h1", 2)}, seed=1)])  # A: will be 50% dead
+    st.commit(FP, 4, [_shard(st, {"c": ("h1", 3), "f": ("h1", 3), "g": ("h1", 3), "d": ("h1", 1)}, seed=2)])  # B
+    st.commit(FP, 4, [_shard(st, {"e": ("h1", 3)}, seed=3)])  # C: stays clean
+    a, b, c = (s.name for s in st.meta().shards)
+    st.commit(FP, 4, [_shard(st, {"a": ("h2", 1), "d": ("h2", 1)}, seed=4)])  # A 2/4 dead, B 1/10 dead
+    assert st.meta().dead_ratio == pytest.approx(3 / 19)
+    before = _live(st)
+    gen = st.meta().generation
+    rep = st.compact(0.6)  # nothing is that dead: no-op, same generation
+    assert (rep.compacted, rep.written, st.meta().generation) == ([], [], gen)
+
+    rep = st.compact(0.3)
+    assert rep.compacted == [a] and len(rep.written) == 1 and rep.dead_rows_dropped == 2 and rep.rows_copied == 2
+    after = _live(st)
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)  # copied bitwise
+    names = [s.name for s in st.meta().shards]
+    assert a not in names and b in names and c in names
+    assert not st.shard_paths(a)[0].exists() and not st.shard_paths(a)[1].exists()  # old files collected
+    assert {r["doc_id"]: r["shard"] for r in st.manifest().to_pylist()}["b"] == rep.written[0]  # re-pointed
+    assert st.verify() == [] and st.meta().dead_ratio == pytest.approx(1 / 17)
+
+    # Everything with a dead row, packed into shards of at most 4 rows without splitting a document.
+    rep = st.compact(0.0, shard_rows=4)
+    assert rep.compacted == [b] and len(rep.written) == 3 and (rep.dead_rows_dropped, rep.rows_copied) == (1, 9)
+    assert st.verify() == [] and st.meta().total_rows == st.meta().live_rows == 16 and st.check().orphans == []
+    after = _live(st)
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+    assert st.compact().compacted == []
+
+
+def test_compaction_killed_at_any_point_keeps_the_store_valid(tmp_path):
+    st = Store(tmp_path / "s")
+    st.commit(FP, 4, [_shard(st, {"a": ("h1", 2), "b": ("h1", 2)})])
+    st.commit(FP, 4, [_shard(st, {"a": ("h2", 1)}, seed=1)])
+    before, gen = _live(st), st.meta().generation
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    for point in ("after-shard:1", "after-manifest:1", "before-index-json:1"):
+        env[KILL_ENV] = point
+        proc = subprocess.run([sys.executable, "-m", "ragbatch.cli", "compact", "--store", str(st.root)],
+                              env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == -signal.SIGKILL, proc.stderr
+        assert st.verify() == [] and st.meta().generation == gen and st.check().orphans  # old generation intact
+    env.pop(KILL_ENV)
+    proc = subprocess.run([sys.executable, "-m", "ragbatch.cli", "compact", "--store", str(st.root)],
+                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "compacted 1 shards into 1: 2 dead rows dropped" in proc.stdout, proc.stdout
+    after = _live(st)
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+    assert st.verify() == [] and st.check().orphans == []
+
+
+# ---------------------------------------------------------------- lock details
+def test_empty_or_corrupt_lock_is_stale_only_after_its_age(tmp_path):
+    st = Store(tmp_path / "s")
+    lock = st.root / ".lock"
+    st.root.mkdir(parents=True)
+    for content in (b"", b'{"pi'):  # killed between create and write / during the write
+        lock.write_bytes(content)
+        with pytest.raises(StoreError, match=r"locked by an unknown process \(the lock file is empty or unreadable"):
+            with st.lock():
+                pass
+        old = time.time() - EMPTY_LOCK_STALE_S - 5
+        os.utime(lock, (old, old))
+        with st.lock():
+            assert json.loads(lock.read_text())["pid"] == os.getpid()
+        assert not lock.exists()
+
+
+def test_stale_lock_is_taken_over_by_exactly_one_writer(tmp_path):
+    st = Store(tmp_path / "s")
+    st.root.mkdir(parents=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (st.root / ".lock").write_text(json.dumps({"pid": int(dead.stdout), "host": os.uname().nodename}))
+    barrier, won, refused = threading.Barrier(8), [], []
+
+    def writer() -> None:
+        barrier.wait()
+        try:
+            with Store(st.root).lock():
+                won.append(1)
+                deadline = time.monotonic() + 30
+                while len(won) + len(refused) < 8 and time.monotonic() < deadline:  # hold until all have tried
+                    time.sleep(0.01)
+        except StoreError:
+            refused.append(1)
+
+    threads = [threading.Thread(target=writer) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert (len(won), len(refused)) == (1, 7)
+
+
+# ---------------------------------------------------------------- through the flow
+def test_tombstoned_chunks_never_return_before_or_after_compaction(prefect_harness, tmp_path):
+    from typer.testing import CliRunner
+
+    from flows.index import run_index
+    from ragbatch.cli import app
+
+    docs = _make_corpus(tmp_path / "docs", 12)
+    store = tmp_path / "store"
+    run_index(docs, store, batch_docs=4, compact_dead_ratio=1.0)
+    for i in (1, 5, 9):
+        (docs / f"doc-{i:04d}.txt").write_text(_doc_text(i, version=1))
+    for i in (2, 6, 10):
+        (docs / f"doc-{i:04d}.txt").unlink()
+    r = run_index(docs, store, batch_docs=4, compact_dead_ratio=1.0)
+    assert (r.changed, r.removed, r.compacted_shards) == (3, 3, 0) and r.dead_ratio == pytest.approx(6 / 15)
+    removed = {f"doc-{i:04d}.txt" for i in (2, 6, 10)}
+    queries = [_doc_text(i) for i in (1, 2, 5, 6)]  # the old texts of changed and removed documents
+
+    def results() -> dict[str, dict[str, float]]:
+        out = {}
+        for retriever in ("dense", "bm25", "hybrid"):
+            for res in search(str(store), queries, k=100, retriever=retriever)[0]:
+                assert not removed & set(res.doc_ids) and len(set(res.chunk_ids)) == len(res.chunk_ids) == 9
+                for doc, text in zip(res.doc_ids, res.texts, strict=True):
+                    n = int(doc[4:8])
+                    assert text == _doc_text(n, version=1 if n in (1, 5, 9) else 0)  # never an old version
+                out[f"{retriever}:{res.query}"] = dict(zip(res.chunk_ids, res.scores, strict=True))
+        return out
+
+    before = results()
+    shards_before = Store(store).meta().shards
+    out = CliRunner().invoke(app, ["compact", "--store", str(store)])
+    assert out.exit_code == 0 and "6 dead rows dropped" in out.output, out.output
+    meta = Store(store).meta()
+    assert meta.total_rows == meta.live_rows == 9 and len(meta.shards) < len(shards_before)
+    after = results()
+    assert after.keys() == before.keys()
+    for key in before:
+        assert after[key].keys() == before[key].keys()
+        assert all(abs(after[key][c] - before[key][c]) < 1e-5 for c in before[key])
+    out = CliRunner().invoke(app, ["verify", "--store", str(store)])
+    assert out.exit_code == 0 and out.output.startswith("OK ") and "9 live rows of 9" in out.output
+
+    # Automatic compaction at the end of a run once more than compact_dead_ratio of the rows are dead.
+    for i in (0, 3, 4, 7):
+        (docs / f"doc-{i:04d}.txt").write_text(_doc_text(i, version=2))
+    r = run_index(docs, store, batch_docs=4)  # 4 of 13 rows dead > 0.3
+    assert r.changed == 4 and r.compacted_shards >= 1 and r.dead_rows_dropped == 4 and r.dead_ratio == 0.0
+    assert Store(store).verify() == []
+    (res,), _ = search(str(store), [_doc_text(3)], k=100, retriever="bm25")
+    assert _doc_text(3) not in res.texts and len(res.doc_ids) == 9
+
+
+def test_corrupt_files_are_named_by_verify_and_refused_by_search(prefect_harness, tmp_path):
+    from typer.testing import CliRunner
+
+    from flows.index import run_index
+    from ragbatch.cli import app
+
+    good = tmp_path / "good"
+    run_index(_make_corpus(tmp_path / "docs", 6), good, batch_docs=3)
+    assert Store(good).verify() == []
+    for what in ("flip", "truncate"):
+        store = tmp_path / what
+        shutil.copytree(good, store)
+        st = Store(store)
+        info = st.meta().shards[-1]
+        tpath, cpath = st.shard_paths(info.name)
+        if what == "flip":
+            target = tpath
+            data = bytearray(tpath.read_bytes())
+            data[len(data) // 2] ^= 0x01  # one bit of one float
+            tpath.write_bytes(bytes(data))
+        else:
+            target = cpath
+            cpath.write_bytes(cpath.read_bytes()[: cpath.stat().st_size // 2])
+        problems = st.verify()
+        assert problems and all(str(target) in p for p in problems), problems
+        assert any(f"{target}: sha256 mismatch" in p for p in problems)
+        if what == "truncate":
+            assert any(f"{target}: unreadable Parquet" in p for p in problems)
+        out = CliRunner().invoke(app, ["verify", "--store", str(store)])
+        assert out.exit_code == 1 and str(target.name) in out.output
+        with pytest.raises(StoreError, match=rf"{target.name}: checksum mismatch"):
+            search(str(store), ["Record 1"], k=3, retriever="dense")
+
+
+def test_killed_runs_resume_to_a_clean_full_index(prefect_harness, api_env, tmp_path):
+    """Kill the index flow at every commit stage, from outside, and while a second run is refused; then resume."""
+    from flows.index import run_index
+
+    n, batch = 120, 4
+    docs = _make_corpus(tmp_path / "docs", n)
+    store = tmp_path / "store"
+    committed: dict[str, tuple[str, float]] = {}
+    # (kill point, documents committed after the run): a fresh store's first commit is an empty one.
+    steps = [("after-shard:3", 8), ("mid-shard:2", 12), ("after-manifest:2", 16), ("before-index-json:3", 24),
+             ("after-index-json:2", 32)]
+    for point, expect in steps:
+        proc = subprocess.run(_index_cmd(docs, store, batch), env=dict(api_env, **{KILL_ENV: point}), cwd=ROOT,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == -signal.SIGKILL, f"{point}: {proc.stdout[-2000:]} {proc.stderr[-2000:]}"
+        now = _committed(store)
+        assert len(now) == expect, point
+        assert all(now[d] == committed[d] for d in committed), point  # nothing committed before was redone
+        committed = now
+        assert Store(store).verify() == [], point
+        assert (store / ".lock").exists()  # left behind by the dead writer; the next run takes it over
+    assert Store(store).check().orphans  # the last kill came before garbage collection
+
+    # A run killed from outside at an arbitrary moment, while a second run on the same store is refused.
+    proc = subprocess.Popen(_index_cmd(docs, store, batch), env=api_env, cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        gen = Store(store).meta().generation
+        deadline = time.monotonic() + 120
+        while Store(store).meta().generation < gen + 1:  # it holds the lock and has committed a batch
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        with pytest.raises(StoreError, match=rf"is locked by pid {proc.pid} on"):
+            run_index(docs, store, batch_docs=batch)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    now = _committed(store)
+    assert len(committed) < len(now) < n and all(now[d] == committed[d] for d in committed)
+    assert Store(store).verify() == []
+    committed = now
+
+    # A run to the end, and a second one that waits for its lock (lock_wait_s) instead of failing.
+    script = ("import json, sys; from flows.index import run_index; "
+              "r = run_index(sys.argv[1], sys.argv[2], batch_docs=int(sys.argv[3])); print(json.dumps(r.to_dict()))")
+    proc = subprocess.Popen([sys.executable, "-c", script, str(docs), str(store), str(batch)], env=api_env,
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    deadline = time.monotonic() + 120
+    while _lock_pid(store) != proc.pid and proc.poll() is None:  # it holds the lock (or has already finished)
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    waited = run_index(docs, store, batch_docs=batch, lock_wait_s=300)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0
+    report = json.loads(out.strip().splitlines()[-1])
+    assert sorted(report["embedded_doc_ids"]) == sorted(set(_committed(store)) - set(committed))  # only the rest
+    assert report["added"] == n - len(committed) and report["unchanged"] == len(committed)
+    assert (waited.unchanged, waited.chunks_embedded) == (n, 0)
+    final = Store(store)
+    assert final.verify() == [] and final.check().orphans == [] and not (store / ".lock").exists()
+
+    # Equal to a clean full index of the same corpus: same chunk ids, embeddings within 1e-5.
+    clean = tmp_path / "clean"
+    run_index(docs, clean)
+    got, want = _live(final), _live(Store(clean))
+    assert got.keys() == want.keys() and len(got) == final.meta().live_rows == n
+    assert max(float((got[k] - want[k]).abs().max()) for k in want) < 1e-5
