@@ -18,10 +18,10 @@ _WORD = re.compile(r"\w+", re.UNICODE)
 class BM25Index:
     """tantivy in RAM, English stemming, default BM25 parameters (k1=1.2, b=0.75)."""
 
-    def __init__(self, texts: list[str]):
+    def __init__(self, texts: list[str], tokenizer: str = "en_stem"):
         sb = tantivy.SchemaBuilder()
         sb.add_integer_field("row", stored=True, indexed=True, fast=True)
-        sb.add_text_field("body", stored=False, tokenizer_name="en_stem")
+        sb.add_text_field("body", stored=False, tokenizer_name=tokenizer)
         self.index = tantivy.Index(sb.build())
         writer = self.index.writer(heap_size=64_000_000, num_threads=1)
         for i, text in enumerate(texts):
