@@ -63,7 +63,14 @@ def resolve_embedder(name: str = DEFAULT_EMBEDDER, **overrides: Any) -> Embedder
     from tasks.prepare import prepare_embedder
 
     overrides = {k: v for k, v in overrides.items() if v is not None}
-    preset = dict(_presets().get(name.lower(), {}))
+    presets = _presets()
+    preset = presets.get(name.lower())
+    if preset is None:  # a local copy named like the hub model (…/bge-small-en-v1.5) gets its preset too
+        base = Path(name).name.lower()
+        preset = next((v for k, v in presets.items() if "/" in k and k.rsplit("/", 1)[1] == base), {})
+    preset = dict(preset)
+    if Path(name).expanduser().exists():
+        preset.pop("source", None)
     source = preset.pop("source", name)
     folder = Path(str(prepare_embedder(source)))
     if not folder.exists():

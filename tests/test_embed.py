@@ -80,6 +80,14 @@ def test_bge_preset_supplies_the_query_instruction(bge_shaped, tmp_path):
     assert not torch.allclose(with_prefix, without)
 
 
+def test_local_copy_named_like_bge_gets_its_query_instruction(bge_shaped, tmp_path):
+    local = tmp_path / "bge-small-en-v1.5"
+    shutil.copytree(bge_shaped, local)
+    config = resolve_embedder(str(local))
+    assert config.query_prefix == "Represent this sentence for searching relevant passages: "
+    assert config.pooling == "cls" and config.passage_prefix == ""
+
+
 def test_wrong_pooling_is_a_different_fingerprint(minilm):
     cls = resolve_embedder("all-MiniLM-L6-v2", pooling="cls")
     assert cls.pooling == "cls" and cls.fingerprint["id"] != minilm.fingerprint["id"]
