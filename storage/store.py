@@ -404,22 +404,50 @@ class Store:
             self.root / INDEX_FILE, meta.to_json(), before_replace=lambda: _kill_point("before-index-json")
         )
         _kill_point("after-index-json")
-        self.collect_garbage(meta)
+        # Shards of this writer that are still being written or wait for their commit (parallel batches on
+        # Dask workers) are newer than its lock: spare them; the shards this commit dropped go now.
+        self.collect_garbage(meta, spare_since=self._lock_since())
+        if old is not None:
+            live = {s.name for s in meta.shards}
+            for s in old.shards:
+                if s.name not in live:
+                    for p in self.shard_paths(s.name):
+                        p.unlink(missing_ok=True)
         return meta
 
-    def collect_garbage(self, meta: IndexMeta | None = None) -> list[Path]:
-        """Delete files no committed generation references (old manifests, orphan shards, temp files)."""
+    def _lock_since(self) -> float | None:
+        """When the current writer took the lock (None without a readable lock)."""
+        try:
+            return float(json.loads((self.root / LOCK_FILE).read_text())["since"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def collect_garbage(self, meta: IndexMeta | None = None, spare_since: float | None = None) -> list[Path]:
+        """Delete files no committed generation references (old manifests, orphan shards, temp files).
+
+        ``spare_since``: keep unreferenced files under ``shards/`` modified after this time.
+        """
         meta = meta if meta is not None else self.meta()
         keep = {INDEX_FILE, LOCK_FILE, meta.manifest}
         keep_shards = {n for s in meta.shards for n in (f"{s.name}.safetensors", f"{s.name}.chunks.parquet")}
         removed: list[Path] = []
-        remove_orphan_tmp(self.root)
+        if spare_since is None:
+            remove_orphan_tmp(self.root)
+        else:
+            for p in self.root.glob(f"{TMP_MARK}*"):
+                p.unlink(missing_ok=True)
         for p in self.root.glob("manifest-*.parquet"):
             if p.name not in keep:
                 p.unlink(missing_ok=True)
                 removed.append(p)
         if self.shard_dir.exists():
             for p in self.shard_dir.iterdir():
+                if spare_since is not None:
+                    try:
+                        if p.stat().st_mtime >= spare_since - 1:
+                            continue
+                    except FileNotFoundError:
+                        continue
                 if p.is_file() and p.name not in keep_shards:
                     p.unlink(missing_ok=True)
                     removed.append(p)
