@@ -13,10 +13,17 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from storage.store import Store
+from storage.store import CompactReport, Store
 from tasks.chunk import ChunkSettings
 from tasks.embed import DEFAULT_EMBEDDER, EmbedderConfig, resolve_embedder
-from tasks.indexing import BatchResult, IndexPlan, chunk_and_embed, plan_index
+from tasks.indexing import (
+    BatchResult,
+    IndexPlan,
+    chunk_and_embed,
+    compact_if_needed,
+    compaction_due,
+    plan_index,
+)
 from tasks.load import Document, LoadResult, load_documents
 
 
@@ -38,6 +45,9 @@ class IndexReport:
     removed_doc_ids: list[str] = field(default_factory=list)
     rebuild_reason: str | None = None
     dry_run: bool = False
+    compacted_shards: int = 0  # shards rewritten by the automatic compaction at the end of the run
+    dead_rows_dropped: int = 0
+    dead_ratio: float = 0.0  # tombstoned share of the stored rows after the run
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -82,6 +92,18 @@ def embed_batch_task(
     return result
 
 
+@task(name="compact", cache_policy=NO_CACHE)
+def compact_task(store: str, compact_dead_ratio: float) -> CompactReport | None:
+    rep = compact_if_needed(Store(store), compact_dead_ratio)
+    if rep is not None:
+        get_run_logger().info(
+            "compacted %d shards into %d: %d dead rows dropped, %d rows copied, %.1f MB freed, %.1fs",
+            len(rep.compacted), len(rep.written), rep.dead_rows_dropped, rep.rows_copied, rep.bytes_freed / 1e6,
+            rep.seconds,
+        )
+    return rep
+
+
 def _run_name() -> str:
     from prefect.runtime import flow_run
 
@@ -100,8 +122,13 @@ def index_flow(
     dry_run: bool = False,
     lock_wait_s: float = 0.0,
     parallel_batches: int = 1,
+    compact_dead_ratio: float = 0.3,
 ) -> IndexReport:
-    """Index ``docs_dir`` into ``store`` incrementally; each batch is committed as it finishes."""
+    """Index ``docs_dir`` into ``store`` incrementally; each batch is committed as it finishes.
+
+    When more than ``compact_dead_ratio`` of the stored rows are tombstoned at the end, the store is
+    compacted (``1`` never compacts).
+    """
     t0 = time.perf_counter()
     logger = get_run_logger()
     settings = ChunkSettings(chunk_tokens, overlap_tokens)
@@ -118,6 +145,8 @@ def index_flow(
         if dry_run:
             report.seconds = time.perf_counter() - t0
             return report
+        if st.exists():
+            st.collect_garbage()  # files of a killed run (uncommitted shards, temp files)
         by_id = {d.doc_id: d for d in loaded.documents}
         todo = [by_id[i] for i in plan.to_embed]
         batches = [todo[i : i + batch_docs] for i in range(0, len(todo), batch_docs)]
@@ -135,6 +164,11 @@ def index_flow(
                 results.append(r)
                 meta = st.commit(fp, dim, [r.shard])  # each batch is durable as soon as it is done
             meta = meta or st.meta()
+        compacted = compact_task(store, compact_dead_ratio) if compaction_due(meta, compact_dead_ratio) else None
+        if compacted is not None:
+            report.compacted_shards, report.dead_rows_dropped = len(compacted.compacted), compacted.dead_rows_dropped
+            meta = st.meta()
+        report.dead_ratio = meta.dead_ratio
         report.chunks_embedded = sum(r.chunks for r in results)
         report.shards_written = sum(1 for r in results if r.chunks)
         report.embedded_doc_ids = [d.doc_id for b in batches for d in b]
@@ -171,13 +205,29 @@ def _publish(report: IndexReport) -> None:
     rows = [
         {"what": k, "count": getattr(report, k)}
         for k in (
-            "added", "changed", "unchanged", "removed", "chunks_embedded", "shards_written", "live_chunks", "shards"
+            "added", "changed", "unchanged", "removed", "chunks_embedded", "shards_written", "live_chunks", "shards",
+            "compacted_shards", "dead_rows_dropped",
         )
     ]
     rows.append({"what": "skipped files", "count": len(report.skipped_files)})
     create_table_artifact(key="index-diff", table=rows, description=f"Index run on {report.store}")
 
 
-def run_index(docs_dir: str | Path, store: str | Path, **kw) -> IndexReport:
-    """Call the flow with absolute paths (runs are named ``index-<store>-<timestamp>``)."""
-    return index_flow(str(Path(docs_dir).expanduser().resolve()), str(Path(store).expanduser().resolve()), **kw)
+def run_index(
+    docs_dir: str | Path, store: str | Path, *, runner: str = "threads", dask_address: str | None = None,
+    dask_workers: int = 2, **kw,
+) -> IndexReport:
+    """Call the flow with absolute paths (runs are named ``index-<store>-<timestamp>``).
+
+    ``runner="dask"`` runs the batch tasks on a Dask cluster (``flows/runners.py``) with one batch in flight
+    per worker (``parallel_batches``, unless given).
+    """
+    from flows.runners import api_for_workers, parallel_batches, task_runner
+
+    args = str(Path(docs_dir).expanduser().resolve()), str(Path(store).expanduser().resolve())
+    if runner == "threads" and not dask_address:
+        return index_flow(*args, **kw)
+    fl = index_flow.with_options(task_runner=task_runner(runner, dask_address, dask_workers))
+    kw.setdefault("parallel_batches", parallel_batches(runner, dask_workers))
+    with api_for_workers():
+        return fl(*args, **kw)

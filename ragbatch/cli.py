@@ -29,6 +29,11 @@ Store = Annotated[Path, typer.Option("--store", "-s", help="Index store director
 Retriever = Annotated[str, typer.Option("--retriever", "-r", help="dense | bm25 | hybrid (RRF of both)")]
 Rerank = Annotated[str, typer.Option(
     "--rerank", help="none | llm:<generator> (offline yes/no judge) | cross-encoder:<model> (users with weights)")]
+Runner = Annotated[str, typer.Option("--runner", help="Task runner: threads | dask")]
+DaskAddress = Annotated[str | None, typer.Option(
+    "--dask-address", help="An existing Dask scheduler (tcp://host:8786); default: a local cluster")]
+DaskWorkers = Annotated[int, typer.Option(
+    "--dask-workers", help="Local Dask workers (with --dask-address: batches in flight, one per worker)")]
 
 
 def _fail(exc: BaseException) -> None:
@@ -70,6 +75,9 @@ def index(
     wait: Annotated[float, typer.Option(help="Seconds to wait for another writer's lock")] = 0.0,
     compact_dead_ratio: Annotated[float, typer.Option(help="Compact when more than this share of rows is "
                                                            "tombstoned (1 = never)")] = 0.3,
+    runner: Runner = "threads",
+    dask_address: DaskAddress = None,
+    dask_workers: DaskWorkers = 2,
 ) -> None:
     """Index DOCS_DIR into STORE (incremental: only added or changed documents are embedded)."""
     from flows.index import run_index
@@ -77,7 +85,8 @@ def index(
     try:
         r = run_index(docs_dir, store, embedder=embedder, chunk_tokens=chunk_tokens, overlap_tokens=overlap_tokens,
                       batch_docs=batch_docs, device=device, dry_run=dry_run, lock_wait_s=wait,
-                      compact_dead_ratio=compact_dead_ratio)
+                      compact_dead_ratio=compact_dead_ratio, runner=runner, dask_address=dask_address,
+                      dask_workers=dask_workers)
     except Exception as exc:  # noqa: BLE001
         _fail(exc)
     for problem in r.skipped_files:
@@ -123,6 +132,10 @@ def compact(
         r = IndexStore(store).compact(min_dead_ratio, lock_wait_s=wait)
     except Exception as exc:  # noqa: BLE001
         _fail(exc)
+    if not r.compacted:
+        console.print(f"nothing to compact: no shard has more than {min_dead_ratio:.0%} dead rows (dead ratio "
+                      f"{r.dead_ratio_before:.1%}, {r.shards_before} shards)", highlight=False, soft_wrap=True)
+        return
     console.print(f"compacted {len(r.compacted)} shards into {len(r.written)}: {r.dead_rows_dropped} dead rows "
                   f"dropped, {r.rows_copied} rows copied, {r.bytes_freed / 1e6:.1f} MB freed; shards "
                   f"{r.shards_before} → {r.shards_after}, dead ratio {r.dead_ratio_before:.1%} → "
@@ -167,13 +180,17 @@ def answer(
     max_new_tokens: Annotated[int, typer.Option()] = 48,
     gen_batch_size: Annotated[int, typer.Option(help="Prompts per generate() call")] = 16,
     device: Annotated[str | None, typer.Option()] = None,
+    runner: Runner = "threads",
+    dask_address: DaskAddress = None,
+    dask_workers: DaskWorkers = 2,
 ) -> None:
     """Answer every question with and without retrieved context; write OUT and print the table."""
     from flows.answer import run_answer
 
     try:
         r = run_answer(questions, store, out, k=k, generator=generator, embedder=embedder, retriever=retriever,
-                       rerank=rerank, max_new_tokens=max_new_tokens, gen_batch_size=gen_batch_size, device=device)
+                       rerank=rerank, max_new_tokens=max_new_tokens, gen_batch_size=gen_batch_size, device=device,
+                       runner=runner, dask_address=dask_address, dask_workers=dask_workers)
     except Exception as exc:  # noqa: BLE001
         _fail(exc)
     for problem in r.question_errors:
@@ -210,6 +227,33 @@ def demo(
                   f"demo wall time {time.perf_counter() - t0:.0f}s")
 
 
+@app.command()
+def serve(
+    docs: Annotated[Path, typer.Option("--docs", help="Documents folder the re-index deployment indexes")],
+    store: Store,
+    inbox: Annotated[Path | None, typer.Option(help="Question inbox (default $RAGBATCH_HOME/inbox)")] = None,
+    results: Annotated[Path | None, typer.Option(help="Results folder (default $RAGBATCH_HOME/results)")] = None,
+    cron: Annotated[str, typer.Option(help="Re-index schedule, cron syntax ('' = by hand only)")] = "0 2 * * *",
+    inbox_every: Annotated[float, typer.Option(help="Seconds between inbox runs (0 = by hand only)")] = 300,
+    embedder: Annotated[str | None, typer.Option(help="Embedder for re-indexing (default: the flow's)")] = None,
+    generator: Annotated[str | None, typer.Option(help="Generator for the inbox (default: the flow's)")] = None,
+    retriever: Annotated[str | None, typer.Option("--retriever", "-r", help="dense | bm25 | hybrid")] = None,
+    k: Annotated[int | None, typer.Option("-k", help="Chunks of context per question")] = None,
+    device: Annotated[str | None, typer.Option()] = None,
+) -> None:
+    """Serve the `index/reindex` (cron) and `answer-inbox/inbox` deployments against PREFECT_API_URL until stopped."""
+    from deployments.serve import require_server, serve_deployments
+
+    try:
+        url = require_server()
+    except Exception as exc:  # noqa: BLE001
+        _fail(exc)
+    console.print(f"serving index/reindex ({cron or 'no schedule'}) and answer-inbox/inbox "
+                  f"({f'every {inbox_every:g}s' if inbox_every else 'by hand'}) against {url}; Ctrl-C pauses them")
+    serve_deployments(docs, store, inbox=inbox, results=results, cron=cron, inbox_every=inbox_every,
+                      embedder=embedder, generator=generator, retriever=retriever, k=k, device=device)
+
+
 @app.command("eval")
 def evaluate(
     dataset: Annotated[str, typer.Argument(help="'squad' (SQuAD v1.1 dev), a SQuAD-shaped .json, or a .jsonl")],
@@ -226,6 +270,7 @@ def evaluate(
     generator: Annotated[str, typer.Option()] = DEFAULT_GENERATOR,
     embedder: Annotated[str, typer.Option()] = DEFAULT_EMBEDDER,
     max_new_tokens: Annotated[int, typer.Option()] = 32,
+    retrieval_only: Annotated[bool, typer.Option("--retrieval-only", help="Score retrieval, generate nothing")] = False,
     device: Annotated[str | None, typer.Option()] = None,
 ) -> None:
     """Index the data set's passages, answer its questions with and without retrieval, and score each stage."""
@@ -236,7 +281,7 @@ def evaluate(
         ks = [int(x) for x in k.split(",") if x.strip()]
         r = run_eval(dataset, store, out, ks=ks, context_k=context_k, corpus=str(corpus) if corpus else None,
                      limit=limit, sample=sample, seed=seed, retriever=retriever, rerank=rerank, generator=generator,
-                     embedder=embedder, max_new_tokens=max_new_tokens, device=device)
+                     embedder=embedder, max_new_tokens=max_new_tokens, device=device, answers=not retrieval_only)
     except Exception as exc:  # noqa: BLE001
         _fail(exc)
     s = r.summary
@@ -246,6 +291,9 @@ def evaluate(
     for name, value in metric_table(s):
         table.add_row(name, value)
     console.print(table)
+    if retrieval_only:
+        console.print(f"report: {r.files.get('html')} ({r.seconds:.0f}s)")
+        return
     console.print(f"answers that differ {s['differ']}: grounded {s['grounded']}, perturbed {s['perturbed']}, "
                   f"misled {s['misled']}; F1 improved {s['f1_improved']}, worsened {s['f1_worsened']}, "
                   f"unchanged {s['f1_unchanged']}")

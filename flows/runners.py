@@ -1,0 +1,82 @@
+"""Task runners for the flows: Prefect's thread pool (default) or a Dask cluster (``prefect-dask``).
+
+The flows do not change with the runner: ``run_index`` / ``run_answer`` call ``flow.with_options(task_runner=...)``.
+Only submitted tasks go to the runner: the index flow submits one ``chunk-embed-batch`` task per document batch
+(at most ``parallel_batches`` in flight), so on Dask each worker chunks, embeds and writes its own shard while
+the flow process commits them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+RUNNERS = ("threads", "dask")
+
+
+def task_runner(kind: str = "threads", address: str | None = None, workers: int = 2) -> Any:
+    """A Prefect task runner.
+
+    ``threads``: Prefect's ``ThreadPoolTaskRunner``. ``dask``: ``prefect_dask.DaskTaskRunner`` on an existing
+    cluster when ``address`` is given (``tcp://scheduler:8786``), else on a temporary ``LocalCluster`` of
+    ``workers`` processes with one thread each, bound to 127.0.0.1, dashboard off. Each local worker's torch
+    gets ``cpu_count // workers`` threads, so one worker still uses the whole CPU.
+    """
+    if kind == "threads":
+        if address:
+            raise ValueError("--dask-address needs --runner dask")
+        from prefect.task_runners import ThreadPoolTaskRunner
+
+        return ThreadPoolTaskRunner()
+    if kind != "dask":
+        raise ValueError(f"unknown task runner {kind!r}: use one of {', '.join(RUNNERS)}")
+    try:
+        from prefect_dask import DaskTaskRunner
+    except ImportError as exc:  # an optional dependency
+        raise RuntimeError("the dask runner needs prefect-dask: pip install -e '.[dask]'") from exc
+    if address:
+        return DaskTaskRunner(address=address)
+    if workers < 1:
+        raise ValueError(f"--dask-workers must be at least 1, got {workers}")
+    threads = str(max(1, (os.cpu_count() or 1) // workers))
+    return DaskTaskRunner(
+        cluster_class="distributed.LocalCluster",
+        cluster_kwargs={
+            "n_workers": workers,
+            "threads_per_worker": 1,
+            "processes": True,
+            "host": "127.0.0.1",
+            "dashboard_address": None,
+            # Dask's nanny pins OMP/MKL threads to 1 per worker; give each worker its share of the CPU instead.
+            "env": {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads},
+        },
+    )
+
+
+def parallel_batches(kind: str = "threads", workers: int = 2) -> int:
+    """How many index batches to keep in flight: one per Dask worker; one for threads (torch uses every core)."""
+    return max(1, workers) if kind == "dask" else 1
+
+
+@contextmanager
+def api_for_workers() -> Iterator[None]:
+    """Make sure task runs on Dask workers report to the flow's own Prefect API.
+
+    Workers receive the flow's settings with each task. With ``PREFECT_API_URL`` set that is the server's
+    URL (it must be reachable from every worker); without it, each worker process would start a temporary
+    server of its own (≈ 25 s each, and its task runs would not show with the flow run), so the flow
+    process starts its temporary server up front and hands its URL to the workers.
+    """
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    if PREFECT_API_URL.value():
+        yield
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()  # the same one Prefect would start for this process (stopped at exit)
+    server.start()
+    with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
+        yield
