@@ -310,9 +310,10 @@ def print_answers(rows: list[dict[str, Any]]) -> None:
     table.add_column("without retrieval", ratio=2)
     table.add_column("with retrieval", ratio=2)
     table.add_column("≠", no_wrap=True)
-    table.add_column("top chunk (score)", ratio=2)
+    table.add_column("top document (score)", ratio=2, overflow="fold")
     for r in rows:
-        top = f"{r['chunk_ids'][0]} ({r['scores'][0]:.3f})" if r["chunk_ids"] else "-"
+        doc = r["doc_ids"][0].split(".jsonl#", 1)[-1] if r["doc_ids"] else ""  # drop the JSONL file name
+        top = f"{doc} ({r['scores'][0]:.3f})" if r["chunk_ids"] else "-"
         gold = f"\n[dim]gold: {escape(' | '.join(r['gold_answers'][:2]))}[/]" if r.get("gold_answers") else ""
         table.add_row(escape(str(r["question_id"])), escape(r["question"]) + gold, escape(r["no_rag_answer"]),
                       escape(r["rag_answer"]), "yes" if r["answers_differ"] else "no", escape(top))
