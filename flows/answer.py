@@ -12,6 +12,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
+from flows.naming import run_name
 from storage.results import write_results
 from tasks.generate import dual_generate, load_generator
 from tasks.metrics import answers_differ
@@ -83,13 +84,8 @@ def write_task(out: str, rows: list[dict[str, Any]], config: dict[str, Any]) -> 
     return str(write_results(out, rows, config))
 
 
-def _run_name() -> str:
-    from prefect.runtime import flow_run
 
-    return f"answer-{Path(flow_run.parameters['out']).stem}-{datetime.now():%Y%m%d-%H%M%S}"
-
-
-@flow(name="answer", flow_run_name=_run_name)
+@flow(name="answer", flow_run_name=run_name("answer", "out", stem=True))
 def answer_flow(
     questions: list[str],
     store: str,

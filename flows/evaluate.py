@@ -15,6 +15,7 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.answer import DEFAULT_GENERATOR, DEFAULT_RETRIEVER, answer_flow
 from flows.index import index_flow
+from flows.naming import run_name
 from storage.atomic import write_bytes_atomic
 from storage.reports import VERDICTS, metric_table, write_eval_report
 from storage.results import read_results
@@ -72,13 +73,8 @@ def deep_retrieval_task(store: str, questions: list[EvalQuestion], depth: int, r
     return rankings, evidence
 
 
-def _run_name() -> str:
-    from prefect.runtime import flow_run
 
-    return f"eval-{Path(flow_run.parameters['out_dir']).name}-{datetime.now():%Y%m%d-%H%M%S}"
-
-
-@flow(name="evaluate", flow_run_name=_run_name)
+@flow(name="evaluate", flow_run_name=run_name("eval", "out_dir"))
 def eval_flow(
     dataset: str,
     store: str,

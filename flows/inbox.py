@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
@@ -13,6 +12,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from flows.answer import DEFAULT_GENERATOR, DEFAULT_RETRIEVER, answer_flow
+from flows.naming import run_name
 from storage.inbox import InboxFile, InboxScan, move_failed, record_answered, scan_inbox
 from storage.store import Store
 
@@ -55,13 +55,8 @@ def move_failed_task(inbox: str, item: InboxFile, error: str) -> str:
     return str(dest)
 
 
-def _run_name() -> str:
-    from prefect.runtime import flow_run
 
-    return f"inbox-{Path(flow_run.parameters['inbox']).name}-{datetime.now():%Y%m%d-%H%M%S}"
-
-
-@flow(name="answer-inbox", flow_run_name=_run_name)
+@flow(name="answer-inbox", flow_run_name=run_name("inbox", "inbox"))
 def inbox_flow(
     inbox: str,
     results: str,

@@ -6,13 +6,13 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
+from flows.naming import run_name
 from storage.store import CompactReport, Store
 from tasks.chunk import ChunkSettings
 from tasks.embed import DEFAULT_EMBEDDER, EmbedderConfig, resolve_embedder
@@ -104,13 +104,8 @@ def compact_task(store: str, compact_dead_ratio: float) -> CompactReport | None:
     return rep
 
 
-def _run_name() -> str:
-    from prefect.runtime import flow_run
 
-    return f"index-{Path(flow_run.parameters['store']).name}-{datetime.now():%Y%m%d-%H%M%S}"
-
-
-@flow(name="index", flow_run_name=_run_name, log_prints=True)
+@flow(name="index", flow_run_name=run_name("index", "store"), log_prints=True)
 def index_flow(
     docs_dir: str,
     store: str,
