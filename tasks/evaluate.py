@@ -21,6 +21,7 @@ Definitions (also in the README):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,27 +52,26 @@ class ChunkRef:
 
 
 def relevant_chunks(q: EvalQuestion, candidates: list[ChunkRef]) -> set[str]:
-    """Chunk ids among ``candidates`` that are relevant to ``q`` (see module docstring)."""
-    evidence = set(q.evidence_doc_ids)
-    out = set()
-    for c in candidates:
-        if c.doc_id not in evidence:
-            continue
-        spans = [(s, e) for d, s, e in q.spans if d == c.doc_id]
-        if not spans or any(c.start < e and s < c.end for s, e in spans):
-            out.add(c.chunk_id)
-    return out
+    """Chunk ids among ``candidates`` that are relevant to ``q``: they overlap a gold span."""
+    return _evidence_chunks(q, candidates, lambda c, s, e: c.start < e and s < c.end)
 
 
 def gold_chunks(q: EvalQuestion, doc_chunks: list[ChunkRef]) -> set[str]:
     """Chunks that contain a whole gold span (or, without spans, every chunk of an evidence document)."""
+    return _evidence_chunks(q, doc_chunks, lambda c, s, e: c.start <= s and e <= c.end)
+
+
+def _evidence_chunks(
+    q: EvalQuestion, chunks: list[ChunkRef], matches: Callable[[ChunkRef, int, int], bool]
+) -> set[str]:
+    """Chunks of an evidence document that ``matches`` one of its gold spans (all of them when it has none)."""
     evidence = set(q.evidence_doc_ids)
     out = set()
-    for c in doc_chunks:
+    for c in chunks:
         if c.doc_id not in evidence:
             continue
         spans = [(s, e) for d, s, e in q.spans if d == c.doc_id]
-        if not spans or any(c.start <= s and e <= c.end for s, e in spans):
+        if not spans or any(matches(c, s, e) for s, e in spans):
             out.add(c.chunk_id)
     return out
 
