@@ -357,7 +357,9 @@ def test_killed_runs_resume_to_a_clean_full_index(prefect_harness, api_env, tmp_
     assert Store(store).check().orphans  # the last kill came before garbage collection
 
     # A run killed from outside at an arbitrary moment, while a second run on the same store is refused.
-    proc = subprocess.Popen(_index_cmd(docs, store, batch), env=api_env, cwd=ROOT,
+    # One document per batch: ~88 commits keep it writing for seconds, far longer than the in-process run
+    # needs to reach the lock (with batches of 4 an idle machine finished first and nothing was refused).
+    proc = subprocess.Popen(_index_cmd(docs, store, 1), env=api_env, cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         gen = Store(store).meta().generation
