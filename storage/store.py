@@ -17,7 +17,9 @@ files that no committed generation references are orphans and are deleted by the
 :meth:`Store.compact` rewrites shards with many tombstoned rows into shards of live rows only.
 
 Test hook (crash tests only, never set it otherwise): ``RAGBATCH_TEST_KILL_AT=POINT:N[,POINT:N...]`` makes
-the process SIGKILL itself the N-th time (counted per process, from 1) it reaches POINT:
+the process SIGKILL itself the N-th time (counted per process, from 1) it reaches POINT; ``POINT:N:stall``
+makes it stop there instead, holding its lock, until it is killed from outside (so a test can meet a live writer
+deterministically, without racing it):
 
 - ``mid-shard``          a shard's tensor file is in place, its chunk table is not yet written
 - ``after-shard``        both files of a shard are in place, not yet committed
@@ -196,8 +198,12 @@ def _kill_point(point: str) -> None:
         return
     count = _KILL_COUNTS[point] = _KILL_COUNTS.get(point, 0) + 1
     for item in spec.split(","):
-        name, _, n = item.strip().partition(":")
+        name, _, rest = item.strip().partition(":")
+        n, _, action = rest.partition(":")
         if name == point and count == int(n or 1):
+            if action == "stall":
+                while True:
+                    time.sleep(3600)
             os.kill(os.getpid(), signal.SIGKILL)
 
 

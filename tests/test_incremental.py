@@ -356,19 +356,20 @@ def test_killed_runs_resume_to_a_clean_full_index(prefect_harness, api_env, tmp_
         assert (store / ".lock").exists()  # left behind by the dead writer; the next run takes it over
     assert Store(store).check().orphans  # the last kill came before garbage collection
 
-    # A run killed from outside at an arbitrary moment, while a second run on the same store is refused.
-    # One document per batch: ~88 commits keep it writing for seconds, far longer than the in-process run
-    # needs to reach the lock (with batches of 4 an idle machine finished first and nothing was refused).
-    proc = subprocess.Popen(_index_cmd(docs, store, 1), env=api_env, cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # A writer killed from outside while a second run on the same store is refused. The writer stalls (test
+    # hook) holding its lock after its second commit, so the second run meets a live writer on any machine
+    # speed; racing a running writer failed on a fast CI machine that finished all 88 commits first.
+    proc = subprocess.Popen(_index_cmd(docs, store, 1), env=dict(api_env, **{KILL_ENV: "after-index-json:2:stall"}),
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         gen = Store(store).meta().generation
         deadline = time.monotonic() + 120
-        while Store(store).meta().generation < gen + 1:  # it holds the lock and has committed a batch
+        while Store(store).meta().generation < gen + 2:  # it holds the lock and has committed two batches
             assert proc.poll() is None and time.monotonic() < deadline
             time.sleep(0.05)
         with pytest.raises(StoreError, match=rf"is locked by pid {proc.pid} on"):
             run_index(docs, store, batch_docs=batch)
+        assert proc.poll() is None  # still alive when it is killed
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
