@@ -47,7 +47,7 @@ def main() -> None:
     out = {}
 
     t0 = time.perf_counter()
-    ours = BM25Index(docs)
+    ours = BM25Index.from_texts(docs)
     t_idx = time.perf_counter() - t0
     t0 = time.perf_counter()
     rows, _ = ours.search(qs, 10)

@@ -48,6 +48,9 @@ class IndexReport:
     compacted_shards: int = 0  # shards rewritten by the automatic compaction at the end of the run
     dead_rows_dropped: int = 0
     dead_ratio: float = 0.0  # tombstoned share of the stored rows after the run
+    bm25_docs_deleted: int = 0  # documents deleted from / added to the on-disk BM25 index by this run
+    bm25_docs_added: int = 0
+    bm25_rebuilt: bool = False  # the BM25 index was missing or unreadable and was rebuilt from the live chunks
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -163,6 +166,11 @@ def index_flow(
         if compacted is not None:
             report.compacted_shards, report.dead_rows_dropped = len(compacted.compacted), compacted.dead_rows_dropped
             meta = st.meta()
+        if st.exists():
+            st.sync_bm25(meta)  # a no-op unless a killed run committed without it (every commit syncs it)
+        report.bm25_docs_deleted = sum(b.docs_deleted for b in st.bm25_syncs)
+        report.bm25_docs_added = sum(b.docs_added for b in st.bm25_syncs)
+        report.bm25_rebuilt = any(b.rebuilt for b in st.bm25_syncs)
         report.dead_ratio = meta.dead_ratio
         report.chunks_embedded = sum(r.chunks for r in results)
         report.shards_written = sum(1 for r in results if r.chunks)
@@ -170,9 +178,11 @@ def index_flow(
     report.live_chunks, report.shards, report.documents = meta.live_rows, len(meta.shards), meta.documents
     report.seconds = time.perf_counter() - t0
     logger.info(
-        "index %s: +%d ~%d =%d -%d documents, %d chunks embedded, %d live chunks in %d shards, %.1fs",
+        "index %s: +%d ~%d =%d -%d documents, %d chunks embedded, %d live chunks in %d shards, BM25 -%d +%d "
+        "documents%s, %.1fs",
         st.root, report.added, report.changed, report.unchanged, report.removed,
-        report.chunks_embedded, report.live_chunks, report.shards, report.seconds,
+        report.chunks_embedded, report.live_chunks, report.shards, report.bm25_docs_deleted, report.bm25_docs_added,
+        " (rebuilt)" if report.bm25_rebuilt else "", report.seconds,
     )
     _publish(report)
     return report

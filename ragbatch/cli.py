@@ -116,7 +116,7 @@ def verify(store: Store) -> None:
         raise typer.Exit(code=1)
     console.print(f"OK {rep.store}: generation {rep.generation}, {rep.documents} documents, {rep.live_rows} live "
                   f"rows of {rep.total_rows} in {rep.shards} shards, {len(rep.orphans)} orphan files; "
-                  f"{rep.seconds:.1f}s", highlight=False, soft_wrap=True)
+                  f"BM25 index {rep.bm25}; {rep.seconds:.1f}s", highlight=False, soft_wrap=True)
 
 
 @app.command()

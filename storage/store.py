@@ -25,7 +25,8 @@ deterministically, without racing it):
 - ``after-shard``        both files of a shard are in place, not yet committed
 - ``after-manifest``     a commit's new manifest is in place, ``index.json`` not yet written
 - ``before-index-json``  ``index.json``'s temporary file is written and fsynced, not yet renamed
-- ``after-index-json``   ``index.json`` is renamed (committed), garbage not yet collected
+- ``after-index-json``   ``index.json`` is renamed (committed), garbage not yet collected, BM25 not yet synced
+- ``after-bm25``         the BM25 index (``bm25/``) is synced to the new generation
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ from safetensors.torch import load as load_bytes
 from safetensors.torch import load_file, save_file
 
 from storage.atomic import TMP_MARK, atomic_path, remove_orphan_tmp, sha256_file, write_json_atomic
+from storage.bm25 import DiskBM25, SyncReport
 
 FORMAT_VERSION = 1
 INDEX_FILE = "index.json"
@@ -165,6 +167,7 @@ class VerifyReport:
     live_rows: int = 0
     total_rows: int = 0
     orphans: list[str] = field(default_factory=list)  # unreferenced files (harmless; the next writer deletes them)
+    bm25: str = ""  # the state of the on-disk BM25 index (derived data: behind is not a problem)
     seconds: float = 0.0
 
     @property
@@ -250,6 +253,7 @@ class Store:
     def __init__(self, root: str | Path):
         self.root = Path(root).expanduser().resolve()
         self.shard_dir = self.root / "shards"
+        self.bm25_syncs: list[SyncReport] = []  # what this object's commits did to the BM25 index
 
     # ---------------------------------------------------------------- reading
     def exists(self) -> bool:
@@ -320,6 +324,24 @@ class Store:
             )
         return emb, chunks
 
+    def read_chunks(self, name: str) -> pa.Table:
+        """One shard's chunk table only (no tensor), e.g. for the BM25 index."""
+        path = self.shard_paths(name)[1]
+        try:
+            return pq.read_table(path, schema=CHUNK_SCHEMA)
+        except (OSError, pa.ArrowException) as exc:
+            raise StoreError(f"{path}: unreadable chunk table ({exc})") from exc
+
+    def sync_bm25(self, meta: IndexMeta | None = None, rebuild: bool = False) -> SyncReport:
+        """Bring the on-disk BM25 index (storage/bm25.py) to the committed generation; the caller holds the lock.
+
+        ``rebuild`` (compaction) drops its deleted documents too, so its statistics are the live chunks' again.
+        """
+        meta = meta if meta is not None else self.meta()
+        report = DiskBM25(self.root).sync(meta.generation, self.manifest(meta), self.read_chunks, rebuild=rebuild)
+        self.bm25_syncs.append(report)
+        return report
+
     def check_embedder(self, fingerprint: dict[str, Any]) -> None:
         """Refuse a query embedder other than the one that built the store."""
         built = self.meta().embedder
@@ -368,6 +390,7 @@ class Store:
         remove_doc_ids: set[str] | frozenset[str] = frozenset(),
         replace_all: bool = False,
         drop_shards: set[str] | frozenset[str] = frozenset(),
+        rebuild_bm25: bool = False,
     ) -> IndexMeta:
         """Make shards live and documents removed in one atomic step (the rename of index.json).
 
@@ -419,6 +442,10 @@ class Store:
                 if s.name not in live:
                     for p in self.shard_paths(s.name):
                         p.unlink(missing_ok=True)
+        # The BM25 index follows in its own (tantivy) commit. A crash before it leaves that index one generation
+        # behind, which readers detect (they then build BM25 in memory) and the next commit or index run repairs.
+        self.sync_bm25(meta, rebuild=rebuild_bm25)
+        _kill_point("after-bm25")
         return meta
 
     def _lock_since(self) -> float | None:
@@ -595,6 +622,17 @@ class Store:
             problems.append(
                 f"{index_path}: total_rows {meta.total_rows}, but its shards hold {sum(s.rows for s in meta.shards)}"
             )
+        bm25_gen, bm25_chunks = DiskBM25(self.root).state()
+        if bm25_gen is None:
+            rep.bm25 = "absent (searches build BM25 in memory; the next index run writes it)"
+        elif bm25_gen != meta.generation:
+            rep.bm25 = (f"at generation {bm25_gen}, behind the store's {meta.generation} (searches build BM25 in "
+                        "memory; the next index run brings it up to date)")
+        else:
+            rep.bm25 = f"in step at generation {bm25_gen}, {bm25_chunks} chunks"
+            if bm25_chunks != meta.live_rows:
+                problems.append(f"{DiskBM25(self.root).dir}: holds {bm25_chunks} chunks at generation {bm25_gen}, "
+                                f"the store {meta.live_rows} live rows")
         rep.orphans = [str(p) for p in self._unreferenced(meta)]
         rep.seconds = time.perf_counter() - t0
         return rep
@@ -743,7 +781,7 @@ class Store:
         if empty_docs and writes:
             writes[0].manifest_rows += [dict(by_doc[d], shard=writes[0].info.name) for d in empty_docs]
         sizes = sum(p.stat().st_size for s in selected for p in self.shard_paths(s.name) if p.exists())
-        new = self.commit(meta.embedder, meta.dim, writes, drop_shards=names)
+        new = self.commit(meta.embedder, meta.dim, writes, drop_shards=names, rebuild_bm25=True)
         rep.bytes_freed = sizes - sum(p.stat().st_size for w in writes for p in self.shard_paths(w.info.name))
         rep.compacted = [s.name for s in selected]
         rep.written = [w.info.name for w in writes]

@@ -40,11 +40,11 @@ class DenseIndex:
 
     @property
     def bm25(self):
-        """The BM25 index over the same live rows, built on first use."""
+        """The BM25 index over the same live rows: the store's on-disk one at this generation, opened on first use."""
         if self._bm25 is None:
-            from tasks.bm25 import build_bm25
+            from tasks.bm25 import open_bm25
 
-            self._bm25 = build_bm25(self.chunks)
+            self._bm25 = open_bm25(str(self.store.root), self.generation, self.chunks)
         return self._bm25
 
     @property

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 
@@ -33,7 +35,7 @@ def test_hybrid_never_returns_duplicates():
 
 
 def test_bm25_ranks_term_matches_and_stems():
-    idx = BM25Index([
+    idx = BM25Index.from_texts([
         "Bananas are yellow fruits.",
         "The train departed from the station.",
         "Trains and training: a banana story.",
@@ -64,7 +66,7 @@ def test_bm25_top10_agrees_with_bm25s_and_rank_bm25(demo_corpus):
     def tok(t: str) -> list[str]:
         return re.findall(r"[a-z0-9]+", t.lower())
 
-    ours, _ = BM25Index(docs, tokenizer="default").search(qs, 10)
+    ours, _ = BM25Index.from_texts(docs, tokenizer="default").search(qs, 10)
     ref = bm25s.BM25(k1=1.2, b=0.75, method="lucene")  # tantivy's scoring is Lucene's BM25
     ref.index([tok(d) for d in docs], show_progress=False)
     ref_rows, _ = ref.retrieve([tok(q) for q in qs], k=10, show_progress=False)
@@ -77,3 +79,63 @@ def test_bm25_top10_agrees_with_bm25s_and_rank_bm25(demo_corpus):
     # Measured: 0.91 with bm25s (Lucene idf), 0.83 with rank_bm25 (Okapi idf with an epsilon floor).
     assert sum(overlap_s) / len(qs) >= 0.85, overlap_s
     assert sum(overlap_r) / len(qs) >= 0.75, overlap_r
+
+
+# ---------------------------------------------------------------- the on-disk index beside the shards
+def _top(index, query: str) -> str | None:
+    rows, _ = index.bm25.search([query], 1)
+    r = rows[0, 0].item()
+    return None if r < 0 else index.chunks["doc_id"][r].as_py()
+
+
+def test_disk_bm25_follows_incremental_reindex_and_catches_up(prefect_harness, tmp_path):
+    """Adds, changes and removals reach the tantivy index by document id; a stale one is used by nobody."""
+    from conftest import write_corpus
+    from flows.index import run_index
+    from storage.bm25 import DiskBM25
+    from storage.store import Store
+    from tasks.retrieve import load_dense_index
+
+    texts = {f"d{i}.txt": f"Document {i} talks about {w} and nothing else." for i, w in
+             enumerate(["aardvarks", "bicycles", "cathedrals", "dolphins", "eclipses"])}
+    docs = write_corpus(tmp_path / "docs", texts)
+    store = tmp_path / "store"
+    first = run_index(docs, store)
+    st = Store(store)
+    assert (first.bm25_docs_added, first.bm25_docs_deleted, first.bm25_rebuilt) == (5, 0, True)
+    assert DiskBM25(store).state() == (st.meta().generation, 5)
+    idx = load_dense_index(st, "cpu")
+    assert idx.bm25.source == "disk" and _top(idx, "dolphins") == "d3.txt"
+    stale = tmp_path / "bm25-stale"
+    shutil.copytree(store / "bm25", stale)
+
+    (docs / "d3.txt").write_text("Document 3 now talks about glaciers instead.")
+    (docs / "d4.txt").unlink()
+    (docs / "d5.txt").write_text("Document 5 is new and talks about harpsichords.")
+    second = run_index(docs, store)
+    # Only the changed (d3), removed (d4) and added (d5) documents touched the BM25 index.
+    assert (second.bm25_docs_deleted, second.bm25_docs_added, second.bm25_rebuilt) == (2, 2, False)
+    gen = st.meta().generation
+    assert DiskBM25(store).state() == (gen, 5) and st.verify() == []
+    idx = load_dense_index(st, "cpu")
+    assert idx.bm25.source == "disk"
+    assert [_top(idx, q) for q in ("glaciers", "dolphins", "eclipses", "harpsichords", "aardvarks")] == [
+        "d3.txt", None, None, "d5.txt", "d0.txt"]
+
+    # A BM25 index left behind (a writer killed between its two commits) is not used; the next run repairs it.
+    shutil.rmtree(store / "bm25")
+    shutil.copytree(stale, store / "bm25")
+    assert "behind" in st.check().bm25 and st.verify() == []
+    idx = load_dense_index(st, "cpu")  # (it logs a warning)
+    assert idx.bm25.source == "memory" and _top(idx, "glaciers") == "d3.txt" and _top(idx, "dolphins") is None
+    third = run_index(docs, store)
+    assert (third.added, third.changed, third.chunks_embedded) == (0, 0, 0)
+    assert (third.bm25_docs_deleted, third.bm25_docs_added) == (2, 2)
+    assert DiskBM25(store).state() == (gen, 5) and load_dense_index(st, "cpu").bm25.source == "disk"
+
+    # A corrupt index is rebuilt from the live chunks (it is derived data).
+    (store / "bm25" / "tantivy" / "meta.json").write_text("garbage")
+    (docs / "d0.txt").write_text("Document 0 is about zeppelins now.")
+    fourth = run_index(docs, store)
+    assert fourth.bm25_rebuilt and DiskBM25(store).state() == (st.meta().generation, 5)
+    assert _top(load_dense_index(st, "cpu"), "zeppelins") == "d0.txt"
