@@ -53,11 +53,11 @@ def load_questions_task(paths: list[str]) -> QuestionLoad:
 @task(name="retrieve-batch", cache_policy=NO_CACHE)
 def retrieve_task(
     store: str, questions: list[Question], k: int, embedder: str | None, device: str | None, retriever: str,
-    rerank: str | None = None,
+    rerank: str | None = None, matrix_dtype: str | None = None,
 ) -> tuple[list[SearchResult], float]:
     t0 = time.perf_counter()
     results, timings = search(store, [q.question for q in questions], k=k, embedder=embedder, device=device,
-                              retriever=retriever, rerank=rerank)
+                              retriever=retriever, rerank=rerank, matrix_dtype=matrix_dtype)
     get_run_logger().info("%s top-%d for %d questions (%s)", retriever, k, len(questions),
                           ", ".join(f"{a} {b:.2f}s" for a, b in timings.items()))
     return results, time.perf_counter() - t0
@@ -99,6 +99,7 @@ def answer_flow(
     gen_batch_size: int = 16,
     max_new_tokens: int = 48,
     device: str | None = None,
+    matrix_dtype: str | None = None,
 ) -> AnswerReport:
     """Answer every question twice — without and with the top-``k`` chunks — into a Parquet table."""
     t0 = time.perf_counter()
@@ -110,7 +111,7 @@ def answer_flow(
     qs = loaded.questions
     for i in range(0, len(qs), batch_questions):
         batch = qs[i : i + batch_questions]
-        hits, t_ret = retrieve_task(store, batch, k, config.name, device, retriever, rerank)
+        hits, t_ret = retrieve_task(store, batch, k, config.name, device, retriever, rerank, matrix_dtype)
         no_rag, rag, t_gen = generate_task(generator, batch, hits, max_new_tokens, gen_batch_size, device)
         report.retrieve_s += t_ret
         report.generate_s += t_gen
@@ -125,7 +126,7 @@ def answer_flow(
             })
     run_config = {
         "flow": "answer", "questions": questions, "store": store, "k": k, "generator": generator,
-        "retriever": retriever, "rerank": rerank,
+        "retriever": retriever, "rerank": rerank, "matrix_dtype": matrix_dtype,
         "embedder": config.fingerprint, "batch_questions": batch_questions, "gen_batch_size": gen_batch_size,
         "max_new_tokens": max_new_tokens, "device": device, "created_at": datetime.now().isoformat(),
         "question_errors": loaded.errors,

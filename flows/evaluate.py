@@ -45,16 +45,17 @@ def load_dataset_task(dataset: str, corpus: str | None, limit: int | None, sampl
 @task(name="deep-retrieval", cache_policy=NO_CACHE)
 def deep_retrieval_task(store: str, questions: list[EvalQuestion], depth: int, retriever: str,
                         device: str | None, rerank: str | None = None, rerank_depth: int = 20,
+                        matrix_dtype: str | None = None,
                         ) -> tuple[list[list[ChunkRef]], list[list[ChunkRef]]]:
     """The ranking to ``depth`` for every question, and all indexed chunks of its evidence documents.
 
     With a reranker, its top ``rerank_depth`` come first, followed by the rest of the retriever's ranking.
     """
     qs = [q.question for q in questions]
-    results, _ = search(store, qs, k=depth, retriever=retriever, device=device)
+    results, _ = search(store, qs, k=depth, retriever=retriever, device=device, matrix_dtype=matrix_dtype)
     if rerank and rerank != "none":
         top, _ = search(store, qs, k=rerank_depth, retriever=retriever, device=device, rerank=rerank,
-                        rerank_depth=rerank_depth)
+                        rerank_depth=rerank_depth, matrix_dtype=matrix_dtype)
         for r, t in zip(results, top, strict=True):
             head = set(t.chunk_ids)
             rest = [i for i, c in enumerate(r.chunk_ids) if c not in head]
@@ -66,12 +67,27 @@ def deep_retrieval_task(store: str, questions: list[EvalQuestion], depth: int, r
                                                                       strict=True)] for r in results]
     evidence_ids = {d for q in questions for d in q.evidence_doc_ids}
     by_doc: dict[str, list[ChunkRef]] = {}
-    for c in chunks_of_documents(store, evidence_ids, device):
+    for c in chunks_of_documents(store, evidence_ids, device, matrix_dtype):
         by_doc.setdefault(c["doc_id"], []).append(
             ChunkRef(c["chunk_id"], c["doc_id"], c["char_start"], c["char_end"], c["text"]))
     evidence = [[c for d in q.evidence_doc_ids for c in by_doc.get(d, [])] for q in questions]
     return rankings, evidence
 
+
+@task(name="dense-agreement", cache_policy=NO_CACHE)
+def dense_agreement_task(store: str, questions: list[EvalQuestion], retriever: str, k: int, device: str | None,
+                         matrix_dtype: str | None) -> float:
+    """Mean share of exact float32 dense search's top-k that ``retriever`` (``ann``, or ``dense`` held in another
+    matrix dtype) also returns: its recall@k against exact search on the same queries."""
+    qs = [q.question for q in questions]
+    exact, _ = search(store, qs, k=k, retriever="dense", device=device, matrix_dtype="float32")
+    approx, _ = search(store, qs, k=k, retriever=retriever, device=device, matrix_dtype=matrix_dtype)
+    shares = [len(set(a.chunk_ids) & set(e.chunk_ids)) / len(e.chunk_ids) for a, e in zip(approx, exact, strict=True)
+              if e.chunk_ids]
+    value = sum(shares) / len(shares) if shares else 0.0
+    get_run_logger().info("%s (matrix %s) recall@%d against exact float32 search: %.4f", retriever,
+                          matrix_dtype or "auto", k, value)
+    return value
 
 
 @flow(name="evaluate", flow_run_name=run_name("eval", "out_dir"))
@@ -94,6 +110,7 @@ def eval_flow(
     gen_batch_size: int = 16,
     device: str | None = None,
     answers: bool = True,
+    matrix_dtype: str | None = None,
 ) -> EvalReport:
     """Retrieval (recall@k, MRR@10, nDCG@10) and answers (EM/F1 with vs without) measured separately."""
     t0 = time.perf_counter()
@@ -109,9 +126,9 @@ def eval_flow(
     if answers:
         ans = answer_flow([str(qfile)], store, str(out / "answers.parquet"), k=context_k, generator=generator,
                           retriever=retriever, rerank=rerank, max_new_tokens=max_new_tokens,
-                          gen_batch_size=gen_batch_size, device=device)
+                          gen_batch_size=gen_batch_size, device=device, matrix_dtype=matrix_dtype)
     rankings, evidence = deep_retrieval_task(store, ds.questions, max(depth, max(ks), context_k), retriever,
-                                             device, rerank)
+                                             device, rerank, matrix_dtype=matrix_dtype)
     by_id = {r["question_id"]: r for r in read_results(ans.out).to_pylist()} if ans else {}
     rows = []
     for q, ranking, ev in zip(ds.questions, rankings, evidence, strict=True):
@@ -124,13 +141,17 @@ def eval_flow(
                    for cid, d, t in zip(a["chunk_ids"], a["doc_ids"], a["chunk_texts"], strict=True)]
         rows.append(score_question(q, ranking, ev, context, a["no_rag_answer"], a["rag_answer"], ks))
     summary = summarize(rows, ks)
+    if retriever == "ann" or matrix_dtype not in (None, "auto", "float32"):
+        summary["recall@10 vs exact dense"] = dense_agreement_task(
+            store, ds.questions, "ann" if retriever == "ann" else "dense", 10, device, matrix_dtype)
     relevants = [relevant_chunks(q, ev) | relevant_chunks(q, rk)
                  for q, rk, ev in zip(ds.questions, rankings, evidence, strict=True)]
     curve = recall_curve([[c.chunk_id for c in rk] for rk in rankings], relevants, max(depth, max(ks)))
     examples = _examples(rows, by_id) if ans else {}
     config = {"flow": "evaluate", "dataset": ds.name, "dataset_notes": ds.notes, "questions": len(rows),
               "store": store, "retriever": retriever, "rerank": rerank, "embedder": embedder, "generator": generator,
-              "context_k": context_k, "ks": ks, "answers": answers, "depth": depth, "max_new_tokens": max_new_tokens,
+              "context_k": context_k, "ks": ks, "matrix_dtype": matrix_dtype,
+              "answers": answers, "depth": depth, "max_new_tokens": max_new_tokens,
               "documents": ds.documents, "index": {"added": idx.added, "changed": idx.changed,
                                                    "unchanged": idx.unchanged, "removed": idx.removed},
               "created_at": datetime.now().isoformat()}

@@ -26,7 +26,11 @@ DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
 DEFAULT_RETRIEVER = "hybrid"
 
 Store = Annotated[Path, typer.Option("--store", "-s", help="Index store directory")]
-Retriever = Annotated[str, typer.Option("--retriever", "-r", help="dense | bm25 | hybrid (RRF of both)")]
+Retriever = Annotated[str, typer.Option(
+    "--retriever", "-r", help="dense | bm25 | hybrid (RRF of dense and bm25) | ann (FAISS HNSW, approximate dense)")]
+MatrixDtype = Annotated[str, typer.Option(
+    "--matrix-dtype", help="The chunk matrix on the device: auto (float16 on GPU, float32 on CPU) | float32 | "
+    "float16 | bfloat16 | int8")]
 Rerank = Annotated[str, typer.Option(
     "--rerank", help="none | llm:<generator> (offline yes/no judge) | cross-encoder:<model> (users with weights)")]
 Runner = Annotated[str, typer.Option("--runner", help="Task runner: threads | dask")]
@@ -152,13 +156,14 @@ def search(
     retriever: Retriever = DEFAULT_RETRIEVER,
     rerank: Rerank = "none",
     device: Annotated[str | None, typer.Option()] = None,
+    matrix_dtype: MatrixDtype = "auto",
 ) -> None:
     """Print the top-K chunks for QUERY: rank, score, document id, snippet (hybrid scores are RRF scores)."""
     from tasks.retrieve import search as do_search
 
     try:
         (res,), _ = do_search(str(store), [query], k=k, embedder=embedder, device=device, retriever=retriever,
-                                rerank=rerank)
+                                rerank=rerank, matrix_dtype=matrix_dtype)
     except Exception as exc:  # noqa: BLE001
         _fail(exc)
     for rank, (doc, score, text) in enumerate(zip(res.doc_ids, res.scores, res.texts, strict=True), 1):
@@ -180,6 +185,7 @@ def answer(
     max_new_tokens: Annotated[int, typer.Option()] = 48,
     gen_batch_size: Annotated[int, typer.Option(help="Prompts per generate() call")] = 16,
     device: Annotated[str | None, typer.Option()] = None,
+    matrix_dtype: MatrixDtype = "auto",
     runner: Runner = "threads",
     dask_address: DaskAddress = None,
     dask_workers: DaskWorkers = 2,
@@ -190,7 +196,7 @@ def answer(
     try:
         r = run_answer(questions, store, out, k=k, generator=generator, embedder=embedder, retriever=retriever,
                        rerank=rerank, max_new_tokens=max_new_tokens, gen_batch_size=gen_batch_size, device=device,
-                       runner=runner, dask_address=dask_address, dask_workers=dask_workers)
+                       matrix_dtype=matrix_dtype, runner=runner, dask_address=dask_address, dask_workers=dask_workers)
     except Exception as exc:  # noqa: BLE001
         _fail(exc)
     for problem in r.question_errors:
@@ -272,6 +278,7 @@ def evaluate(
     max_new_tokens: Annotated[int, typer.Option()] = 32,
     retrieval_only: Annotated[bool, typer.Option("--retrieval-only", help="Score retrieval, generate nothing")] = False,
     device: Annotated[str | None, typer.Option()] = None,
+    matrix_dtype: MatrixDtype = "auto",
 ) -> None:
     """Index the data set's passages, answer its questions with and without retrieval, and score each stage."""
     from flows.evaluate import run_eval
@@ -281,7 +288,8 @@ def evaluate(
         ks = [int(x) for x in k.split(",") if x.strip()]
         r = run_eval(dataset, store, out, ks=ks, context_k=context_k, corpus=str(corpus) if corpus else None,
                      limit=limit, sample=sample, seed=seed, retriever=retriever, rerank=rerank, generator=generator,
-                     embedder=embedder, max_new_tokens=max_new_tokens, device=device, answers=not retrieval_only)
+                     embedder=embedder, max_new_tokens=max_new_tokens, device=device, answers=not retrieval_only,
+                     matrix_dtype=matrix_dtype)
     except Exception as exc:  # noqa: BLE001
         _fail(exc)
     s = r.summary

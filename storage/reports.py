@@ -58,6 +58,8 @@ def write_eval_report(
 def metric_table(summary: dict[str, Any]) -> list[tuple[str, str]]:
     keys = [k for k in summary if k.startswith("recall@")] + ["mrr@10", "ndcg@10"]
     rows = [(k, f"{summary[k]:.3f}") for k in keys]
+    if "recall@10 vs exact dense" in summary:  # --retriever ann or a quantized matrix
+        rows.append(("recall@10 vs exact float32 dense search", f"{summary['recall@10 vs exact dense']:.4f}"))
     if "rag_em" not in summary:
         return rows
     for m, label in (("em", "exact match"), ("f1", "token F1"), ("contains", "gold answer contained")):

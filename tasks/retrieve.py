@@ -25,7 +25,9 @@ class Hits(NamedTuple):
     scores: torch.Tensor  # [n_queries, k] float32, descending
 
 
-RETRIEVERS = ("dense", "bm25", "hybrid")
+RETRIEVERS = ("dense", "bm25", "hybrid", "ann")
+MATRIX_DTYPES = ("auto", "float32", "float16", "bfloat16", "int8")
+INT8_BLOCK_ROWS = 65536  # int8 rows are dequantized this many at a time, so the float copy stays small
 
 
 @dataclass
@@ -36,7 +38,23 @@ class DenseIndex:
     shards: list[torch.Tensor]  # live rows only, on the device
     offsets: list[int]  # global row offset of each shard
     chunks: pa.Table  # live chunk rows, in global row order
+    scales: list[torch.Tensor | None] = field(default_factory=list)  # per-row scales of int8 shards
     _bm25: object = None
+    _ann: object = None
+
+    @property
+    def ann(self):
+        """A FAISS HNSW index over the same live rows (tasks/ann.py), built on first use."""
+        if self._ann is None:
+            from tasks.ann import HNSWIndex
+
+            self._ann = HNSWIndex(self.float_shards(), int(self.embedder.get("dim") or self.shards[0].shape[1]))
+        return self._ann
+
+    def float_shards(self) -> list[torch.Tensor]:
+        """The shards as float32 (int8 rows dequantized)."""
+        return [_dequantize(sh, sc) for sh, sc in zip(self.shards, self.scales or [None] * len(self.shards),
+                                                        strict=True)]
 
     @property
     def bm25(self):
@@ -61,9 +79,14 @@ class DenseIndex:
         for q0 in range(0, nq, query_batch):
             q = queries[q0 : q0 + query_batch]
             cand_s, cand_r = [], []
-            for shard, off in zip(self.shards, self.offsets, strict=True):
-                qd = q.to(shard.device, shard.dtype)
-                s = qd @ shard.T
+            for shard, scale, off in zip(self.shards, self.scales or [None] * len(self.shards), self.offsets,
+                                         strict=True):
+                if scale is None:
+                    s = q.to(shard.device, shard.dtype) @ shard.T
+                else:  # int8 rows: score = (q · row_int8) × row scale, dequantized block by block
+                    qd = q.to(shard.device, torch.float32 if shard.device.type == "cpu" else torch.float16)
+                    s = torch.cat([(qd @ shard[b:b + INT8_BLOCK_ROWS].to(qd.dtype).T) * scale[b:b + INT8_BLOCK_ROWS]
+                                   for b in range(0, shard.shape[0], INT8_BLOCK_ROWS)], 1)
                 kk = min(k, shard.shape[0])
                 vals, idx = torch.topk(s, kk, dim=1, sorted=False)
                 # topk picks arbitrarily among rows tied at the cut-off; redo those queries with a stable
@@ -86,17 +109,40 @@ class DenseIndex:
         return Hits(torch.cat(out_rows), torch.cat(out_scores))
 
 
-def load_dense_index(store: Store, device: str | None = None, check_sha: bool = False) -> DenseIndex:
-    """Read the committed generation: only rows whose document's manifest entry points at them."""
+def quantize_int8(emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-row int8: row ≈ q × scale, scale = max|row| / 127 (a quarter of float32's memory)."""
+    scale = emb.abs().amax(dim=1).clamp_min(1e-12) / 127.0
+    return torch.round(emb / scale[:, None]).clamp(-127, 127).to(torch.int8), scale
+
+
+def _dequantize(shard: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+    return shard.float() if scale is None else shard.float() * scale.float()[:, None]
+
+
+def matrix_dtype_for(device: str, matrix_dtype: str | None) -> str:
+    """``auto``: float16 on a GPU (its tensor cores; recall measured in benchmarks/RESULTS.md), else float32."""
+    if matrix_dtype in (None, "auto"):
+        return "float16" if device.startswith("cuda") else "float32"
+    if matrix_dtype not in MATRIX_DTYPES:
+        raise ValueError(f"unknown matrix dtype {matrix_dtype!r}; choose one of {', '.join(MATRIX_DTYPES)}")
+    return matrix_dtype
+
+
+def load_dense_index(store: Store, device: str | None = None, check_sha: bool = False,
+                     matrix_dtype: str | None = None) -> DenseIndex:
+    """Read the committed generation: only rows whose document's manifest entry points at them.
+
+    The stored float32 rows are held on the device as ``matrix_dtype`` (see :func:`matrix_dtype_for`).
+    """
     meta = store.meta()
     device = device or default_device()
     manifest = store.manifest(meta)
     live = {(d, s, h) for d, s, h in zip(
         manifest["doc_id"].to_pylist(), manifest["shard"].to_pylist(), manifest["sha256"].to_pylist(), strict=True
     )}
-    shards, offsets, tables = [], [], []
+    shards, offsets, tables, scales = [], [], [], []
     off = 0
-    dtype = torch.float16 if device.startswith("cuda") else torch.float32
+    mdtype = matrix_dtype_for(device, matrix_dtype)
     for info in meta.shards:
         emb, chunks = store.read_shard(info, check_sha=check_sha)
         keep = [
@@ -106,7 +152,13 @@ def load_dense_index(store: Store, device: str | None = None, check_sha: bool = 
         if not any(keep):
             continue
         mask = torch.tensor(keep)
-        shards.append(emb[mask].to(device, dtype))
+        if mdtype == "int8":
+            q8, sc = quantize_int8(emb[mask].float())
+            shards.append(q8.to(device))
+            scales.append(sc.to(device, torch.float32 if device == "cpu" else torch.float16))
+        else:
+            shards.append(emb[mask].to(device, getattr(torch, mdtype)))
+            scales.append(None)
         tables.append(chunks.filter(pa.array(keep)))
         offsets.append(off)
         off += int(mask.sum())
@@ -116,7 +168,7 @@ def load_dense_index(store: Store, device: str | None = None, check_sha: bool = 
             "run `ragbatch verify`"
         )
     chunks = pa.concat_tables(tables) if tables else store_empty_chunks()
-    return DenseIndex(store, meta.generation, meta.embedder, shards, offsets, chunks)
+    return DenseIndex(store, meta.generation, meta.embedder, shards, offsets, chunks, scales)
 
 
 def store_empty_chunks() -> pa.Table:
@@ -125,10 +177,10 @@ def store_empty_chunks() -> pa.Table:
     return CHUNK_SCHEMA.empty_table()
 
 
-_INDEX_CACHE: dict[tuple[str, str], DenseIndex] = {}
+_INDEX_CACHE: dict[tuple[str, str, str], DenseIndex] = {}
 
 
-def open_index(store_path: str, device: str | None = None) -> DenseIndex:
+def open_index(store_path: str, device: str | None = None, matrix_dtype: str | None = None) -> DenseIndex:
     """A process-level cache of loaded indexes, refreshed when the store's generation changes.
 
     Each generation is loaded once with every shard file's sha256 checked against ``index.json``, so a
@@ -139,13 +191,14 @@ def open_index(store_path: str, device: str | None = None) -> DenseIndex:
     """
     store = Store(store_path)
     device = device or default_device()
-    key = (str(store.root), device)
+    mdtype = matrix_dtype_for(device, matrix_dtype)
+    key = (str(store.root), device, mdtype)
     gen = store.meta().generation
     cached = _INDEX_CACHE.get(key)
     if cached is None or cached.generation != gen:
         for attempt in range(3):
             try:
-                _INDEX_CACHE[key] = load_dense_index(store, device, check_sha=True)
+                _INDEX_CACHE[key] = load_dense_index(store, device, check_sha=True, matrix_dtype=mdtype)
                 break
             except StoreError:
                 now = store.meta().generation
@@ -174,6 +227,156 @@ class SearchResult:
     spans: list[tuple[int, int]] = field(default_factory=list)
 
 
+class Retriever:
+    """One ranking over a loaded index: ``retrieve(queries, k) -> Hits`` (rows of ``index.chunks``), batched.
+
+    Rows are -1 (score -inf) where fewer than k chunks match; no row appears twice in a query's list.
+    ``timings`` accumulates seconds per step for the run's log.
+    """
+
+    name = "base"
+
+    def __init__(self, index: DenseIndex):
+        self.index = index
+        self.timings: dict[str, float] = {}
+
+    def retrieve(self, queries: list[str], k: int) -> Hits:
+        raise NotImplementedError
+
+    def _timed(self, key: str, t0: float) -> None:
+        self.timings[key] = self.timings.get(key, 0.0) + time.perf_counter() - t0
+
+
+class DenseRetriever(Retriever):
+    """Exact: every live row scored by one matmul per shard (cosines)."""
+
+    name = "dense"
+
+    def __init__(self, index: DenseIndex, config: EmbedderConfig, device: str | None):
+        super().__init__(index)
+        self.config, self.device = config, device
+
+    def embed(self, queries: list[str]) -> torch.Tensor:
+        t = time.perf_counter()
+        q = load_embedder(self.config, self.device).embed_queries(queries)
+        self._timed("embed_s", t)
+        return q
+
+    def retrieve(self, queries: list[str], k: int) -> Hits:
+        q = self.embed(queries)
+        t = time.perf_counter()
+        hits = self.index.search(q, k)
+        self._timed("dense_s", t)
+        return hits
+
+
+class AnnRetriever(DenseRetriever):
+    """Approximate: FAISS HNSW over the same rows (tasks/ann.py); its loss is measured by ``eval``."""
+
+    name = "ann"
+
+    def retrieve(self, queries: list[str], k: int) -> Hits:
+        q = self.embed(queries)
+        t = time.perf_counter()
+        ann = self.index.ann
+        self._timed("ann_build_s", t)
+        t = time.perf_counter()
+        hits = Hits(*ann.search(q, k))
+        self._timed("ann_s", t)
+        return hits
+
+
+class BM25Retriever(Retriever):
+    """tantivy BM25 over the same live rows (tasks/bm25.py)."""
+
+    name = "bm25"
+
+    def retrieve(self, queries: list[str], k: int) -> Hits:
+        t = time.perf_counter()
+        bm = self.index.bm25
+        self._timed("bm25_open_s", t)
+        t = time.perf_counter()
+        hits = Hits(*bm.search(queries, k))
+        self._timed("bm25_s", t)
+        return hits
+
+
+class HybridRetriever(Retriever):
+    """Reciprocal rank fusion of its parts' top-``depth`` lists (a fixed depth, so the top k does not depend on k);
+    its scores are RRF scores."""
+
+    name = "hybrid"
+
+    def __init__(self, index: DenseIndex, parts: list[Retriever], depth: int = 100, rrf_k: int = 60,
+                 weights: list[float] | None = None):
+        super().__init__(index)
+        self.parts, self.depth, self.rrf_k, self.weights = parts, depth, rrf_k, weights
+
+    def retrieve(self, queries: list[str], k: int) -> Hits:
+        from tasks.bm25 import rrf_fuse
+
+        rankings = [p.retrieve(queries, max(k, self.depth)).rows for p in self.parts]
+        for p in self.parts:
+            for key, v in p.timings.items():
+                self.timings[key] = v
+        return Hits(*rrf_fuse(rankings, min(k, self.index.rows), rrf_k=self.rrf_k, weights=self.weights))
+
+
+class RerankedRetriever(Retriever):
+    """The base retriever's top ``depth`` reordered by a reranker (tasks/rerank.py); its scores are the reranker's."""
+
+    def __init__(self, index: DenseIndex, base: Retriever, reranker: str, device: str | None, depth: int = 20):
+        super().__init__(index)
+        self.base, self.reranker, self.device, self.depth = base, reranker, device, depth
+        self.name = f"{base.name}+{reranker}"
+
+    def retrieve(self, queries: list[str], k: int) -> Hits:
+        from tasks.rerank import load_reranker, rerank
+
+        hits = self.base.retrieve(queries, max(k, self.depth))
+        self.timings.update(self.base.timings)
+        t = time.perf_counter()
+        reranker = load_reranker(self.reranker, self.device)
+        all_texts = self.index.chunks["text"]
+        new_rows = torch.full((len(queries), min(k, self.index.rows)), -1, dtype=torch.long)
+        new_scores = torch.full(new_rows.shape, float("-inf"))
+        for qi, row in enumerate(hits.rows.tolist()):
+            cands = [r for r in row if r >= 0][: self.depth]
+            texts_q = pc.take(all_texts, pa.array(cands, type=pa.int64())).to_pylist()
+            rows_q, scores_q = rerank(reranker, queries[qi], cands, texts_q, new_rows.shape[1])
+            new_rows[qi, : len(rows_q)] = torch.tensor(rows_q, dtype=torch.long)
+            new_scores[qi, : len(scores_q)] = torch.tensor(scores_q)
+        self._timed("rerank_s", t)
+        return Hits(new_rows, new_scores)
+
+
+def make_retriever(
+    index: DenseIndex,
+    retriever: str,
+    config: EmbedderConfig,
+    device: str | None = None,
+    rrf_k: int = 60,
+    fusion_depth: int = 100,
+    rerank: str | None = None,
+    rerank_depth: int = 20,
+) -> Retriever:
+    """The retriever named ``dense``, ``bm25``, ``hybrid`` or ``ann``, optionally followed by a reranker."""
+    if retriever not in RETRIEVERS:
+        raise ValueError(f"unknown retriever {retriever!r}; choose one of {', '.join(RETRIEVERS)}")
+    r: Retriever
+    if retriever == "dense":
+        r = DenseRetriever(index, config, device)
+    elif retriever == "ann":
+        r = AnnRetriever(index, config, device)
+    elif retriever == "bm25":
+        r = BM25Retriever(index)
+    else:
+        r = HybridRetriever(index, [DenseRetriever(index, config, device), BM25Retriever(index)], fusion_depth, rrf_k)
+    if rerank and rerank != "none":
+        r = RerankedRetriever(index, r, rerank, device, rerank_depth)
+    return r
+
+
 def search(
     store_path: str,
     queries: list[str],
@@ -185,61 +388,26 @@ def search(
     fusion_depth: int = 100,
     rerank: str | None = None,
     rerank_depth: int = 20,
+    matrix_dtype: str | None = None,
 ) -> tuple[list[SearchResult], dict[str, float]]:
-    """Top-k chunks per query from the store, plus timings.
+    """Top-k chunks per query from the store (see :func:`make_retriever`), plus timings.
 
-    ``dense``: cosine scores from the store's own embedder. ``bm25``: tantivy BM25 scores. ``hybrid``:
-    reciprocal rank fusion (``rrf_k``) of the dense and BM25 top-``fusion_depth`` lists; its scores are
-    RRF scores, not cosines. ``rerank`` (``llm:<generator>`` or ``cross-encoder:<model>``) reorders the
-    retriever's top ``rerank_depth`` and returns the reranker's scores.
+    ``dense``: cosine scores from the store's own embedder (exact). ``ann``: the same by FAISS HNSW.
+    ``bm25``: tantivy BM25 scores. ``hybrid``: reciprocal rank fusion (``rrf_k``) of the dense and BM25
+    top-``fusion_depth`` lists; its scores are RRF scores. ``rerank`` (``llm:<generator>`` or
+    ``cross-encoder:<model>``) reorders the retriever's top ``rerank_depth`` and returns the reranker's scores.
+    ``matrix_dtype``: how the chunk matrix is held on the device (``auto``, ``float32``, ``float16``,
+    ``bfloat16``, ``int8``).
     """
     if retriever not in RETRIEVERS:
         raise ValueError(f"unknown retriever {retriever!r}; choose one of {', '.join(RETRIEVERS)}")
     t0 = time.perf_counter()
     config = embedder_for_store(store_path, embedder)
-    index = open_index(store_path, device)
+    index = open_index(store_path, device, matrix_dtype)
     timings: dict[str, float] = {"load_s": time.perf_counter() - t0}
-    final_k, k = k, (max(k, rerank_depth) if rerank and rerank != "none" else k)
-    rankings = []
-    if retriever in ("dense", "hybrid"):
-        t = time.perf_counter()
-        q = load_embedder(config, device).embed_queries(queries)
-        timings["embed_s"] = time.perf_counter() - t
-        t = time.perf_counter()
-        dense = index.search(q, k if retriever == "dense" else max(k, fusion_depth))
-        timings["dense_s"] = time.perf_counter() - t
-        rankings.append(dense)
-    if retriever in ("bm25", "hybrid"):
-        t = time.perf_counter()
-        bm = index.bm25
-        timings["bm25_build_s"] = time.perf_counter() - t
-        t = time.perf_counter()
-        rankings.append(Hits(*bm.search(queries, k if retriever == "bm25" else max(k, fusion_depth))))
-        timings["bm25_s"] = time.perf_counter() - t
-    if retriever == "hybrid":
-        from tasks.bm25 import rrf_fuse
-
-        hits = Hits(*rrf_fuse([rankings[0].rows, rankings[1].rows], min(k, index.rows), rrf_k=rrf_k))
-    else:
-        hits = rankings[0]
-    k = final_k
-    if rerank and rerank != "none":
-        from tasks.rerank import load_reranker
-        from tasks.rerank import rerank as do_rerank
-
-        t = time.perf_counter()
-        reranker = load_reranker(rerank, device)
-        all_texts = index.chunks["text"]
-        cand_rows = [[r for r in row if r >= 0][:rerank_depth] for row in hits.rows.tolist()]
-        new_rows = torch.full((len(queries), min(k, index.rows)), -1, dtype=torch.long)
-        new_scores = torch.full(new_rows.shape, float("-inf"))
-        for qi, cands in enumerate(cand_rows):
-            texts_q = pc.take(all_texts, pa.array(cands, type=pa.int64())).to_pylist()
-            rows_q, scores_q = do_rerank(reranker, queries[qi], cands, texts_q, new_rows.shape[1])
-            new_rows[qi, : len(rows_q)] = torch.tensor(rows_q, dtype=torch.long)
-            new_scores[qi, : len(scores_q)] = torch.tensor(scores_q)
-        hits = Hits(new_rows, new_scores)
-        timings["rerank_s"] = time.perf_counter() - t
+    ranker = make_retriever(index, retriever, config, device, rrf_k, fusion_depth, rerank, rerank_depth)
+    hits = ranker.retrieve(queries, k)
+    timings.update(ranker.timings)
     ids, docs, texts = index.chunks["chunk_id"], index.chunks["doc_id"], index.chunks["text"]
     starts, ends = index.chunks["char_start"], index.chunks["char_end"]
     results = []
@@ -259,9 +427,10 @@ def search(
     return results, timings
 
 
-def chunks_of_documents(store_path: str, doc_ids: set[str], device: str | None = None) -> list[dict]:
+def chunks_of_documents(store_path: str, doc_ids: set[str], device: str | None = None,
+                        matrix_dtype: str | None = None) -> list[dict]:
     """All live chunks of the given documents (id, doc, span, text), for evaluation."""
-    index = open_index(store_path, device)
+    index = open_index(store_path, device, matrix_dtype)
     mask = pc.is_in(index.chunks["doc_id"], value_set=pa.array(sorted(doc_ids), type=pa.string()))
     return index.chunks.filter(mask).select(["chunk_id", "doc_id", "char_start", "char_end", "text"]).to_pylist()
 

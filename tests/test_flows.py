@@ -64,6 +64,21 @@ def test_index_reindex_and_search(prefect_harness, corpus, tmp_path):
     assert paris.doc_ids == ["paris.txt"] and "Seine" in paris.texts[0]  # the changed one has its new text
     assert len(set(fruit.chunk_ids)) == len(fruit.chunk_ids) == 5
 
+    # The seed checks for every retriever and matrix dtype: descending scores, k results or fewer without error,
+    # no duplicates, no deleted document, the changed document found by its new text.
+    from tasks.retrieve import RETRIEVERS
+
+    for retriever in RETRIEVERS:
+        for dtype in ("auto", "float16", "int8"):
+            got, _ = search(str(store), ["Which river flows through Paris?", "yellow tropical fruit"], k=10,
+                            retriever=retriever, matrix_dtype=dtype)
+            for res in got:
+                assert res.scores == sorted(res.scores, reverse=True), (retriever, dtype)
+                assert len(set(res.chunk_ids)) == len(res.chunk_ids) <= 5 and "bananas.md" not in res.doc_ids
+            assert got[0].doc_ids[0] == "paris.txt", (retriever, dtype)
+            if retriever != "bm25":  # BM25 returns only chunks sharing a term with the query
+                assert len(got[1].chunk_ids) == 5
+
 
 def test_unreadable_file_keeps_its_indexed_version(prefect_harness, corpus, tmp_path):
     from flows.index import run_index

@@ -1,4 +1,5 @@
-"""Exact dense search: sharded search equals one-tensor search, ties deterministic, k clipped."""
+"""Dense search: sharded exact search equals one-tensor search, ties deterministic, k clipped; quantized
+matrices and FAISS HNSW stay within their error bounds of exact search."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import pyarrow as pa
 import torch
 
 from storage.store import CHUNK_SCHEMA
-from tasks.retrieve import DenseIndex
+from tasks.retrieve import DenseIndex, quantize_int8
 
 
 def _index(matrix: torch.Tensor, sizes: list[int]) -> DenseIndex:
@@ -47,3 +48,45 @@ def test_k_larger_than_corpus_returns_everything_without_error():
     hits = _index(x, [2, 1]).search(x, 10)
     assert hits.rows.shape == (3, 3)
     assert hits.rows[:, 0].tolist() == [0, 1, 2]  # each row is its own nearest neighbour
+
+
+def _unit(n: int, d: int, seed: int) -> torch.Tensor:
+    return torch.nn.functional.normalize(torch.randn(n, d, generator=torch.Generator().manual_seed(seed)), dim=1)
+
+
+def test_quantized_matrices_return_near_exact_results():
+    """float16 / bfloat16 / int8 rows: every hit's exact cosine is within the dtype's error of the exact k-th."""
+    x, q = _unit(20000, 384, 1), _unit(100, 384, 2)
+    exact = _index(x, [20000]).search(q, 10)
+    true = q @ x.T
+    kth = exact.scores[:, -1:]
+    for name, eps in (("float16", 2e-3), ("bfloat16", 1.5e-2), ("int8", 1e-2)):
+        sizes = [7000, 13000]
+        idx = _index(x.to(getattr(torch, name)) if name != "int8" else x, sizes)
+        if name == "int8":
+            parts = [quantize_int8(s) for s in idx.shards]
+            idx.shards, idx.scales = [p[0] for p in parts], [p[1] for p in parts]
+            assert idx.shards[0].dtype == torch.int8
+        hits = idx.search(q, 10)
+        got_true = true.gather(1, hits.rows)
+        assert bool((got_true >= kth - eps).all()), name  # nothing far below the exact top-10 comes back
+        assert float((hits.scores - got_true).abs().max()) < eps, name  # its scores approximate the cosines
+        assert bool((hits.scores[:, :-1] >= hits.scores[:, 1:]).all())
+        overlap = sum(len(set(a) & set(b)) for a, b in zip(hits.rows.tolist(), exact.rows.tolist(), strict=True))
+        assert overlap / exact.rows.numel() > 0.8, name  # random vectors: top-10 scores lie within ~1e-2
+
+
+def test_hnsw_recall_against_exact():
+    from tasks.ann import HNSWIndex
+
+    x, q = _unit(5000, 64, 3), _unit(200, 64, 4)
+    exact = _index(x, [5000]).search(q, 10)
+    ann = HNSWIndex([x[:3000], x[3000:]], 64)
+    rows, scores = ann.search(q, 10)
+    recall = sum(len(set(a) & set(b)) for a, b in zip(rows.tolist(), exact.rows.tolist(), strict=True)) / 2000
+    assert recall >= 0.9, recall
+    assert torch.allclose(scores, (q @ x.T).gather(1, rows), atol=1e-5)  # exact inner products of what it found
+    assert bool((scores[:, :-1] >= scores[:, 1:]).all())
+    small = HNSWIndex([x[:3]], 64)
+    r, s = small.search(q[:2], 10)
+    assert r.shape == (2, 3) and sorted(r[0].tolist()) == [0, 1, 2]  # k clipped to the rows there are
