@@ -13,7 +13,8 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from flows.naming import run_name
-from storage.results import write_results
+from storage.results import ResultParts, write_results
+from storage.store import Store
 from tasks.generate import dual_generate, load_generator
 from tasks.metrics import answers_differ
 from tasks.questions import Question, QuestionLoad, load_questions
@@ -34,6 +35,7 @@ class AnswerReport:
     retrieve_s: float = 0.0
     generate_s: float = 0.0
     seconds: float = 0.0
+    resumed_batches: int = 0  # batches found finished by a killed earlier run of the same settings
     rows: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -109,21 +111,34 @@ def answer_flow(
     report = AnswerReport(out=str(Path(out).expanduser().resolve()), question_errors=loaded.errors)
     rows: list[dict[str, Any]] = []
     qs = loaded.questions
+    meta = Store(store).meta()
+    parts = ResultParts(report.out)
+    settings = {"store": store, "generation": meta.generation, "embedder": config.fingerprint.get("id"), "k": k,
+                "generator": generator, "retriever": retriever, "rerank": rerank, "max_new_tokens": max_new_tokens,
+                "matrix_dtype": matrix_dtype}
     for i in range(0, len(qs), batch_questions):
         batch = qs[i : i + batch_questions]
+        key = ResultParts.key(settings, [asdict(q) for q in batch])
+        done = parts.get(key)
+        if done is not None:
+            logger.info("questions %d-%d: resumed from %s", i + 1, i + len(batch), parts.dir)
+            report.resumed_batches += 1
+            rows.extend(done)
+            continue
         hits, t_ret = retrieve_task(store, batch, k, config.name, device, retriever, rerank, matrix_dtype)
         no_rag, rag, t_gen = generate_task(generator, batch, hits, max_new_tokens, gen_batch_size, device)
         report.retrieve_s += t_ret
         report.generate_s += t_gen
-        for q, h, a0, a1 in zip(batch, hits, no_rag, rag, strict=True):
-            rows.append({
-                "question_id": q.id, "question": q.question, "source": q.source,
-                "gold_answers": list(q.answers), "chunk_ids": h.chunk_ids, "doc_ids": h.doc_ids,
-                "scores": h.scores, "chunk_texts": h.texts, "no_rag_answer": a0, "rag_answer": a1,
-                "answers_differ": answers_differ(a0, a1), "generator": generator, "embedder": config.name,
-                "retriever": retriever + (f"+{rerank}" if rerank and rerank != "none" else ""), "k": k,
-                "retrieve_s": t_ret / len(batch), "generate_s": t_gen / len(batch),
-            })
+        batch_rows = [{
+            "question_id": q.id, "question": q.question, "source": q.source,
+            "gold_answers": list(q.answers), "chunk_ids": h.chunk_ids, "doc_ids": h.doc_ids,
+            "scores": h.scores, "chunk_texts": h.texts, "no_rag_answer": a0, "rag_answer": a1,
+            "answers_differ": answers_differ(a0, a1), "generator": generator, "embedder": config.name,
+            "retriever": retriever + (f"+{rerank}" if rerank and rerank != "none" else ""), "k": k,
+            "retrieve_s": t_ret / len(batch), "generate_s": t_gen / len(batch),
+        } for q, h, a0, a1 in zip(batch, hits, no_rag, rag, strict=True)]
+        parts.put(key, batch_rows)  # durable: a killed run resumes after this batch
+        rows.extend(batch_rows)
     run_config = {
         "flow": "answer", "questions": questions, "store": store, "k": k, "generator": generator,
         "retriever": retriever, "rerank": rerank, "matrix_dtype": matrix_dtype,
@@ -132,6 +147,7 @@ def answer_flow(
         "question_errors": loaded.errors,
     }
     write_task(report.out, rows, run_config)
+    parts.clear()
     report.questions, report.rows = len(rows), rows
     report.differ = sum(r["answers_differ"] for r in rows)
     report.seconds = time.perf_counter() - t0

@@ -1,7 +1,10 @@
-"""The answer flow's result table (Parquet) and the run config saved beside it."""
+"""The answer flow's result table (Parquet), the run config saved beside it, and the parts of a run in progress."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from storage.atomic import atomic_path, write_json_atomic
+from storage.store import kill_point
 
 RESULT_SCHEMA = pa.schema(
     [
@@ -49,3 +53,37 @@ def read_results(path: str | Path) -> pa.Table:
 
 def config_path(results: Path) -> Path:
     return results.with_name(results.stem + ".config.json")
+
+
+class ResultParts:
+    """Finished batches of a run in progress, in ``<results>.parts/``, so a killed run resumes where it stopped.
+
+    A part is keyed by the hash of everything that decides its rows (the run's settings, the store generation,
+    the batch's questions); a re-run with other settings or a re-indexed store finds no part and redoes the
+    batch. Parts are written atomically (a killed write leaves no part) and removed with the final table.
+    """
+
+    def __init__(self, results: str | Path):
+        results = Path(results).expanduser().resolve()
+        self.dir = results.with_name(results.name + ".parts")
+
+    @staticmethod
+    def key(settings: dict[str, Any], batch: list[dict[str, Any]]) -> str:
+        blob = json.dumps({"settings": settings, "batch": batch}, sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+    def get(self, key: str) -> list[dict[str, Any]] | None:
+        path = self.dir / f"{key}.parquet"
+        try:
+            return pq.read_table(path, schema=RESULT_SCHEMA).to_pylist()
+        except (OSError, pa.ArrowException):
+            return None
+
+    def put(self, key: str, rows: list[dict[str, Any]]) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with atomic_path(self.dir / f"{key}.parquet") as tmp:
+            pq.write_table(pa.Table.from_pylist(rows, schema=RESULT_SCHEMA), tmp)
+        kill_point("after-result-part")
+
+    def clear(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)

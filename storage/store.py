@@ -194,7 +194,7 @@ class CompactReport:
         return asdict(self)
 
 
-def _kill_point(point: str) -> None:
+def kill_point(point: str) -> None:
     """The crash-test hook (see the module docstring): SIGKILL this process at the configured point."""
     spec = os.environ.get(KILL_ENV)
     if not spec:
@@ -367,10 +367,10 @@ class Store:
         emb = embeddings.detach().to("cpu", torch.float32).contiguous()
         with atomic_path(tpath) as tmp:
             save_file({"embeddings": emb}, str(tmp), metadata={"format": "ragbatch", "rows": str(emb.shape[0])})
-        _kill_point("mid-shard")
+        kill_point("mid-shard")
         with atomic_path(cpath) as tmp:
             pq.write_table(chunks.cast(CHUNK_SCHEMA), tmp)
-        _kill_point("after-shard")
+        kill_point("after-shard")
         info = ShardInfo(
             name=name,
             rows=int(emb.shape[0]),
@@ -417,7 +417,7 @@ class Store:
         rows = sorted(manifest.values(), key=lambda r: r["doc_id"])
         with atomic_path(self.root / manifest_name) as tmp:
             pq.write_table(pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA), tmp)
-        _kill_point("after-manifest")
+        kill_point("after-manifest")
         meta = IndexMeta(
             embedder=embedder,
             dim=dim,
@@ -430,9 +430,9 @@ class Store:
             updated_at=time.time(),
         )
         write_json_atomic(
-            self.root / INDEX_FILE, meta.to_json(), before_replace=lambda: _kill_point("before-index-json")
+            self.root / INDEX_FILE, meta.to_json(), before_replace=lambda: kill_point("before-index-json")
         )
-        _kill_point("after-index-json")
+        kill_point("after-index-json")
         # Shards of this writer that are still being written or wait for their commit (parallel batches on
         # Dask workers) are newer than its lock: spare them; the shards this commit dropped go now.
         self.collect_garbage(meta, spare_since=self._lock_since())
@@ -445,7 +445,7 @@ class Store:
         # The BM25 index follows in its own (tantivy) commit. A crash before it leaves that index one generation
         # behind, which readers detect (they then build BM25 in memory) and the next commit or index run repairs.
         self.sync_bm25(meta, rebuild=rebuild_bm25)
-        _kill_point("after-bm25")
+        kill_point("after-bm25")
         return meta
 
     def _lock_since(self) -> float | None:

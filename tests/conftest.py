@@ -68,3 +68,17 @@ def write_corpus(root: Path, files: dict[str, str | bytes]) -> Path:
         else:
             p.write_text(content, encoding="utf-8")
     return root
+
+
+@pytest.fixture()
+def api_env(prefect_harness) -> dict[str, str]:
+    """Environment for subprocesses: the session's Prefect test server, no kill point."""
+    import os
+
+    from prefect.settings import PREFECT_API_URL
+
+    from storage.store import KILL_ENV
+
+    env = dict(os.environ, PREFECT_API_URL=PREFECT_API_URL.value(), PYTHONPATH=str(ROOT))
+    env.pop(KILL_ENV, None)
+    return env

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
+import subprocess
+import sys
 
 import polars as pl
 import pytest
 
-from conftest import FAST_GENERATOR, write_corpus
+from conftest import FAST_GENERATOR, ROOT, write_corpus
 from storage.store import EmbedderMismatchError, Store
 from tasks.retrieve import load_dense_index, search
 
@@ -121,6 +124,38 @@ def test_answer_flow_writes_results_and_reports_bad_rows(prefect_harness, corpus
     assert df.row(2, named=True)["doc_ids"][0] == "notes.jsonl#nile"
     config = json.loads((tmp_path / "results.config.json").read_text())
     assert config["generator"] == FAST_GENERATOR and config["k"] == 2
+
+
+def test_killed_answer_run_resumes_from_its_finished_batches(prefect_harness, api_env, corpus, tmp_path):
+    """A run killed after its second batch (of three) redoes only the third; the table equals a clean run's."""
+    from flows.answer import run_answer
+    from flows.index import run_index
+    from storage.store import KILL_ENV
+
+    store = tmp_path / "store"
+    run_index(corpus, store)
+    qfile = tmp_path / "questions.jsonl"
+    qfile.write_text("".join(json.dumps({"id": f"q{i}", "question": q}) + "\n" for i, q in enumerate(
+        ["How many tokens was Llama 3 trained on?", "What is the capital of France?", "How high is Everest?"])))
+    kw = {"k": 2, "generator": FAST_GENERATOR, "max_new_tokens": 8, "batch_questions": 1}
+    clean = run_answer(qfile, store, tmp_path / "clean.parquet", **kw)
+    out = tmp_path / "killed.parquet"
+    script = ("import sys; from flows.answer import run_answer; "
+              f"run_answer(sys.argv[1], sys.argv[2], sys.argv[3], **{kw!r})")
+    proc = subprocess.run([sys.executable, "-c", script, str(qfile), str(store), str(out)], cwd=ROOT,
+                          env=dict(api_env, **{KILL_ENV: "after-result-part:2"}), capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert not out.exists() and len(list((tmp_path / "killed.parquet.parts").glob("*.parquet"))) == 2
+    shutil.copytree(tmp_path / "killed.parquet.parts", tmp_path / "other.parquet.parts")
+    resumed = run_answer(qfile, store, out, **kw)
+    assert resumed.resumed_batches == 2 and clean.resumed_batches == 0
+    assert not (tmp_path / "killed.parquet.parts").exists()
+    cols = ["question_id", "chunk_ids", "scores", "no_rag_answer", "rag_answer"]
+    assert pl.read_parquet(out).select(cols).equals(pl.read_parquet(tmp_path / "clean.parquet").select(cols))
+    # Parts of other settings are not reused: the same parts under a run with another k are all redone.
+    other = run_answer(qfile, store, tmp_path / "other.parquet", **dict(kw, k=1))
+    assert other.resumed_batches == 0 and pl.read_parquet(tmp_path / "other.parquet")["chunk_ids"].list.len().max() == 1
 
 
 def test_query_with_another_embedder_is_refused(prefect_harness, corpus, tmp_path, minilm):

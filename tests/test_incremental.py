@@ -78,16 +78,6 @@ def _committed(store: Path) -> dict[str, tuple[str, float]]:
     return {r["doc_id"]: (r["shard"], r["indexed_at"]) for r in st.manifest().to_pylist()}
 
 
-@pytest.fixture()
-def api_env(prefect_harness) -> dict[str, str]:
-    """Environment for subprocesses: the session's Prefect test server, no kill point."""
-    from prefect.settings import PREFECT_API_URL
-
-    env = dict(os.environ, PREFECT_API_URL=PREFECT_API_URL.value(), PYTHONPATH=str(ROOT))
-    env.pop(KILL_ENV, None)
-    return env
-
-
 def _lock_pid(store: Path) -> int | None:
     try:
         return json.loads((store / ".lock").read_text()).get("pid")
