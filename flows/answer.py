@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import deque
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -55,11 +56,11 @@ def load_questions_task(paths: list[str]) -> QuestionLoad:
 @task(name="retrieve-batch", cache_policy=NO_CACHE)
 def retrieve_task(
     store: str, questions: list[Question], k: int, embedder: str | None, device: str | None, retriever: str,
-    rerank: str | None = None, matrix_dtype: str | None = None,
+    rerank: str | None = None, options: dict[str, Any] | None = None,
 ) -> tuple[list[SearchResult], float]:
     t0 = time.perf_counter()
     results, timings = search(store, [q.question for q in questions], k=k, embedder=embedder, device=device,
-                              retriever=retriever, rerank=rerank, matrix_dtype=matrix_dtype)
+                              retriever=retriever, rerank=rerank, **(options or {}))
     get_run_logger().info("%s top-%d for %d questions (%s)", retriever, k, len(questions),
                           ", ".join(f"{a} {b:.2f}s" for a, b in timings.items()))
     return results, time.perf_counter() - t0
@@ -79,6 +80,17 @@ def generate_task(
     get_run_logger().info("generated %d answers in %.1fs (%s)", 2 * len(questions), time.perf_counter() - t0,
                           stats.as_dict() if hasattr(stats, "as_dict") else stats)
     return no_rag, rag, time.perf_counter() - t0
+
+
+@task(name="answer-batch", cache_policy=NO_CACHE)
+def answer_batch_task(
+    store: str, questions: list[Question], k: int, embedder: str | None, device: str | None, retriever: str,
+    rerank: str | None, options: dict[str, Any] | None, generator: str, max_new_tokens: int, batch_size: int,
+) -> tuple[list[SearchResult], list[str], list[str], float, float]:
+    """Retrieve and answer one batch (one unit of work for a task runner: on Dask, one worker's)."""
+    hits, t_ret = retrieve_task(store, questions, k, embedder, device, retriever, rerank, options)
+    no_rag, rag, t_gen = generate_task(generator, questions, hits, max_new_tokens, batch_size, device)
+    return hits, no_rag, rag, t_ret, t_gen
 
 
 @task(name="write-results", cache_policy=NO_CACHE)
@@ -101,35 +113,35 @@ def answer_flow(
     gen_batch_size: int = 16,
     max_new_tokens: int = 48,
     device: str | None = None,
-    matrix_dtype: str | None = None,
+    retrieval_options: dict[str, Any] | None = None,
+    parallel_batches: int = 1,
 ) -> AnswerReport:
-    """Answer every question twice — without and with the top-``k`` chunks — into a Parquet table."""
+    """Answer every question twice — without and with the top-``k`` chunks — into a Parquet table.
+
+    ``retrieval_options``: more keyword arguments of :func:`tasks.retrieve.search` (``matrix_dtype``,
+    ``rrf_k``, ``fusion_depth``, ``hybrid_weights``, ``rerank_depth``). Batches are submitted to the task
+    runner, at most ``parallel_batches`` in flight (1 on one device; one per worker on Dask).
+    """
     t0 = time.perf_counter()
     logger = get_run_logger()
     config = embedder_for_store(store, embedder)  # refuses a store built by another embedder, up front
     loaded = load_questions_task(questions)
     report = AnswerReport(out=str(Path(out).expanduser().resolve()), question_errors=loaded.errors)
-    rows: list[dict[str, Any]] = []
     qs = loaded.questions
     meta = Store(store).meta()
     parts = ResultParts(report.out)
     settings = {"store": store, "generation": meta.generation, "embedder": config.fingerprint.get("id"), "k": k,
                 "generator": generator, "retriever": retriever, "rerank": rerank, "max_new_tokens": max_new_tokens,
-                "matrix_dtype": matrix_dtype}
-    for i in range(0, len(qs), batch_questions):
-        batch = qs[i : i + batch_questions]
-        key = ResultParts.key(settings, [asdict(q) for q in batch])
-        done = parts.get(key)
-        if done is not None:
-            logger.info("questions %d-%d: resumed from %s", i + 1, i + len(batch), parts.dir)
-            report.resumed_batches += 1
-            rows.extend(done)
-            continue
-        hits, t_ret = retrieve_task(store, batch, k, config.name, device, retriever, rerank, matrix_dtype)
-        no_rag, rag, t_gen = generate_task(generator, batch, hits, max_new_tokens, gen_batch_size, device)
+                "retrieval_options": retrieval_options}
+    slots: list[list[dict[str, Any]]] = []
+    pending: deque = deque()
+
+    def finish() -> None:
+        slot, batch, key, future = pending.popleft()
+        hits, no_rag, rag, t_ret, t_gen = future.result()
         report.retrieve_s += t_ret
         report.generate_s += t_gen
-        batch_rows = [{
+        slots[slot] = [{
             "question_id": q.id, "question": q.question, "source": q.source,
             "gold_answers": list(q.answers), "chunk_ids": h.chunk_ids, "doc_ids": h.doc_ids,
             "scores": h.scores, "chunk_texts": h.texts, "no_rag_answer": a0, "rag_answer": a1,
@@ -137,11 +149,28 @@ def answer_flow(
             "retriever": retriever + (f"+{rerank}" if rerank and rerank != "none" else ""), "k": k,
             "retrieve_s": t_ret / len(batch), "generate_s": t_gen / len(batch),
         } for q, h, a0, a1 in zip(batch, hits, no_rag, rag, strict=True)]
-        parts.put(key, batch_rows)  # durable: a killed run resumes after this batch
-        rows.extend(batch_rows)
+        parts.put(key, slots[slot])  # durable: a killed run resumes after this batch
+
+    for i in range(0, len(qs), batch_questions):
+        batch = qs[i : i + batch_questions]
+        key = ResultParts.key(settings, [asdict(q) for q in batch])
+        done = parts.get(key)
+        slots.append(done or [])
+        if done is not None:
+            logger.info("questions %d-%d: resumed from %s", i + 1, i + len(batch), parts.dir)
+            report.resumed_batches += 1
+            continue
+        pending.append((len(slots) - 1, batch, key, answer_batch_task.submit(
+            store, batch, k, config.name, device, retriever, rerank, retrieval_options, generator, max_new_tokens,
+            gen_batch_size)))
+        if len(pending) >= max(1, parallel_batches):
+            finish()
+    while pending:
+        finish()
+    rows = [r for slot in slots for r in slot]
     run_config = {
         "flow": "answer", "questions": questions, "store": store, "k": k, "generator": generator,
-        "retriever": retriever, "rerank": rerank, "matrix_dtype": matrix_dtype,
+        "retriever": retriever, "rerank": rerank, "retrieval_options": retrieval_options,
         "embedder": config.fingerprint, "batch_questions": batch_questions, "gen_batch_size": gen_batch_size,
         "max_new_tokens": max_new_tokens, "device": device, "created_at": datetime.now().isoformat(),
         "question_errors": loaded.errors,
@@ -178,7 +207,7 @@ def run_answer(
     dask_address: str | None = None, dask_workers: int = 2, **kw,
 ) -> AnswerReport:
     """Call the flow with absolute paths, on the chosen task runner (``flows/runners.py``)."""
-    from flows.runners import api_for_workers, task_runner
+    from flows.runners import api_for_workers, parallel_batches, task_runner
 
     qs = questions if isinstance(questions, list) else [questions]
     args = ([str(Path(q).expanduser().resolve()) for q in qs], str(Path(store).expanduser().resolve()),
@@ -186,5 +215,6 @@ def run_answer(
     if runner == "threads" and not dask_address:
         return answer_flow(*args, **kw)
     fl = answer_flow.with_options(task_runner=task_runner(runner, dask_address, dask_workers))
+    kw.setdefault("parallel_batches", parallel_batches(runner, dask_workers))
     with api_for_workers():
         return fl(*args, **kw)

@@ -45,17 +45,19 @@ def load_dataset_task(dataset: str, corpus: str | None, limit: int | None, sampl
 @task(name="deep-retrieval", cache_policy=NO_CACHE)
 def deep_retrieval_task(store: str, questions: list[EvalQuestion], depth: int, retriever: str,
                         device: str | None, rerank: str | None = None, rerank_depth: int = 20,
-                        matrix_dtype: str | None = None,
+                        options: dict[str, Any] | None = None,
                         ) -> tuple[list[list[ChunkRef]], list[list[ChunkRef]]]:
     """The ranking to ``depth`` for every question, and all indexed chunks of its evidence documents.
 
     With a reranker, its top ``rerank_depth`` come first, followed by the rest of the retriever's ranking.
     """
     qs = [q.question for q in questions]
-    results, _ = search(store, qs, k=depth, retriever=retriever, device=device, matrix_dtype=matrix_dtype)
+    options = dict(options or {})
+    rerank_depth = options.pop("rerank_depth", rerank_depth)
+    results, _ = search(store, qs, k=depth, retriever=retriever, device=device, **options)
     if rerank and rerank != "none":
         top, _ = search(store, qs, k=rerank_depth, retriever=retriever, device=device, rerank=rerank,
-                        rerank_depth=rerank_depth, matrix_dtype=matrix_dtype)
+                        rerank_depth=rerank_depth, **options)
         for r, t in zip(results, top, strict=True):
             head = set(t.chunk_ids)
             rest = [i for i, c in enumerate(r.chunk_ids) if c not in head]
@@ -67,7 +69,7 @@ def deep_retrieval_task(store: str, questions: list[EvalQuestion], depth: int, r
                                                                       strict=True)] for r in results]
     evidence_ids = {d for q in questions for d in q.evidence_doc_ids}
     by_doc: dict[str, list[ChunkRef]] = {}
-    for c in chunks_of_documents(store, evidence_ids, device, matrix_dtype):
+    for c in chunks_of_documents(store, evidence_ids, device, options.get("matrix_dtype")):
         by_doc.setdefault(c["doc_id"], []).append(
             ChunkRef(c["chunk_id"], c["doc_id"], c["char_start"], c["char_end"], c["text"]))
     evidence = [[c for d in q.evidence_doc_ids for c in by_doc.get(d, [])] for q in questions]
@@ -110,7 +112,7 @@ def eval_flow(
     gen_batch_size: int = 16,
     device: str | None = None,
     answers: bool = True,
-    matrix_dtype: str | None = None,
+    retrieval_options: dict[str, Any] | None = None,
 ) -> EvalReport:
     """Retrieval (recall@k, MRR@10, nDCG@10) and answers (EM/F1 with vs without) measured separately."""
     t0 = time.perf_counter()
@@ -126,9 +128,9 @@ def eval_flow(
     if answers:
         ans = answer_flow([str(qfile)], store, str(out / "answers.parquet"), k=context_k, generator=generator,
                           retriever=retriever, rerank=rerank, max_new_tokens=max_new_tokens,
-                          gen_batch_size=gen_batch_size, device=device, matrix_dtype=matrix_dtype)
+                          gen_batch_size=gen_batch_size, device=device, retrieval_options=retrieval_options)
     rankings, evidence = deep_retrieval_task(store, ds.questions, max(depth, max(ks), context_k), retriever,
-                                             device, rerank, matrix_dtype=matrix_dtype)
+                                             device, rerank, options=retrieval_options)
     by_id = {r["question_id"]: r for r in read_results(ans.out).to_pylist()} if ans else {}
     rows = []
     for q, ranking, ev in zip(ds.questions, rankings, evidence, strict=True):
@@ -141,6 +143,7 @@ def eval_flow(
                    for cid, d, t in zip(a["chunk_ids"], a["doc_ids"], a["chunk_texts"], strict=True)]
         rows.append(score_question(q, ranking, ev, context, a["no_rag_answer"], a["rag_answer"], ks))
     summary = summarize(rows, ks)
+    matrix_dtype = (retrieval_options or {}).get("matrix_dtype")
     if retriever == "ann" or matrix_dtype not in (None, "auto", "float32"):
         summary["recall@10 vs exact dense"] = dense_agreement_task(
             store, ds.questions, "ann" if retriever == "ann" else "dense", 10, device, matrix_dtype)
@@ -150,7 +153,7 @@ def eval_flow(
     examples = _examples(rows, by_id) if ans else {}
     config = {"flow": "evaluate", "dataset": ds.name, "dataset_notes": ds.notes, "questions": len(rows),
               "store": store, "retriever": retriever, "rerank": rerank, "embedder": embedder, "generator": generator,
-              "context_k": context_k, "ks": ks, "matrix_dtype": matrix_dtype,
+              "context_k": context_k, "ks": ks, "retrieval_options": retrieval_options,
               "answers": answers, "depth": depth, "max_new_tokens": max_new_tokens,
               "documents": ds.documents, "index": {"added": idx.added, "changed": idx.changed,
                                                    "unchanged": idx.unchanged, "removed": idx.removed},

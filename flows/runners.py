@@ -3,7 +3,8 @@
 The flows do not change with the runner: ``run_index`` / ``run_answer`` call ``flow.with_options(task_runner=...)``.
 Only submitted tasks go to the runner: the index flow submits one ``chunk-embed-batch`` task per document batch
 (at most ``parallel_batches`` in flight), so on Dask each worker chunks, embeds and writes its own shard while
-the flow process commits them.
+the flow process commits them; the answer flow submits one ``answer-batch`` task (retrieve + generate) per
+question batch the same way, and the flow process writes each finished batch.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ def task_runner(kind: str = "threads", address: str | None = None, workers: int 
 
 
 def parallel_batches(kind: str = "threads", workers: int = 2) -> int:
-    """How many index batches to keep in flight: one per Dask worker; one for threads (torch uses every core)."""
+    """How many batches to keep in flight: one per Dask worker; one for threads (torch uses every core)."""
     return max(1, workers) if kind == "dask" else 1
 
 

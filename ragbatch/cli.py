@@ -31,6 +31,20 @@ Retriever = Annotated[str, typer.Option(
 MatrixDtype = Annotated[str, typer.Option(
     "--matrix-dtype", help="The chunk matrix on the device: auto (float16 on GPU, float32 on CPU) | float32 | "
     "float16 | bfloat16 | int8")]
+RrfK = Annotated[int, typer.Option("--rrf-k", help="hybrid: the RRF constant k in 1 / (k + rank)")]
+HybridWeights = Annotated[str, typer.Option("--hybrid-weights", help="hybrid: RRF weights of dense,bm25")]
+RerankDepth = Annotated[int, typer.Option("--rerank-depth", help="How many of the retriever's top chunks to rerank")]
+
+
+def _retrieval_options(matrix_dtype: str, rrf_k: int, hybrid_weights: str, rerank_depth: int) -> dict:
+    """The keyword arguments of tasks.retrieve.search beyond retriever and rerank (saved in each run's config)."""
+    try:
+        weights = [float(w) for w in hybrid_weights.split(",")]
+    except ValueError as exc:
+        raise typer.BadParameter(f"--hybrid-weights {hybrid_weights!r}: two numbers, e.g. 1,1") from exc
+    if len(weights) != 2:
+        raise typer.BadParameter(f"--hybrid-weights {hybrid_weights!r}: two numbers (dense,bm25), e.g. 1,1")
+    return {"matrix_dtype": matrix_dtype, "rrf_k": rrf_k, "hybrid_weights": weights, "rerank_depth": rerank_depth}
 Rerank = Annotated[str, typer.Option(
     "--rerank", help="none | llm:<generator> (offline yes/no judge) | cross-encoder:<model> (users with weights)")]
 Runner = Annotated[str, typer.Option("--runner", help="Task runner: threads | dask")]
@@ -157,13 +171,16 @@ def search(
     rerank: Rerank = "none",
     device: Annotated[str | None, typer.Option()] = None,
     matrix_dtype: MatrixDtype = "auto",
+    rrf_k: RrfK = 60,
+    hybrid_weights: HybridWeights = "1,1",
+    rerank_depth: RerankDepth = 20,
 ) -> None:
     """Print the top-K chunks for QUERY: rank, score, document id, snippet (hybrid scores are RRF scores)."""
     from tasks.retrieve import search as do_search
 
     try:
         (res,), _ = do_search(str(store), [query], k=k, embedder=embedder, device=device, retriever=retriever,
-                                rerank=rerank, matrix_dtype=matrix_dtype)
+                                rerank=rerank, **_retrieval_options(matrix_dtype, rrf_k, hybrid_weights, rerank_depth))
     except Exception as exc:  # noqa: BLE001
         _fail(exc)
     for rank, (doc, score, text) in enumerate(zip(res.doc_ids, res.scores, res.texts, strict=True), 1):
@@ -186,6 +203,9 @@ def answer(
     gen_batch_size: Annotated[int, typer.Option(help="Prompts per generate() call")] = 16,
     device: Annotated[str | None, typer.Option()] = None,
     matrix_dtype: MatrixDtype = "auto",
+    rrf_k: RrfK = 60,
+    hybrid_weights: HybridWeights = "1,1",
+    rerank_depth: RerankDepth = 20,
     runner: Runner = "threads",
     dask_address: DaskAddress = None,
     dask_workers: DaskWorkers = 2,
@@ -196,7 +216,8 @@ def answer(
     try:
         r = run_answer(questions, store, out, k=k, generator=generator, embedder=embedder, retriever=retriever,
                        rerank=rerank, max_new_tokens=max_new_tokens, gen_batch_size=gen_batch_size, device=device,
-                       matrix_dtype=matrix_dtype, runner=runner, dask_address=dask_address, dask_workers=dask_workers)
+                       retrieval_options=_retrieval_options(matrix_dtype, rrf_k, hybrid_weights, rerank_depth),
+                       runner=runner, dask_address=dask_address, dask_workers=dask_workers)
     except Exception as exc:  # noqa: BLE001
         _fail(exc)
     for problem in r.question_errors:
@@ -279,6 +300,9 @@ def evaluate(
     retrieval_only: Annotated[bool, typer.Option("--retrieval-only", help="Score retrieval, generate nothing")] = False,
     device: Annotated[str | None, typer.Option()] = None,
     matrix_dtype: MatrixDtype = "auto",
+    rrf_k: RrfK = 60,
+    hybrid_weights: HybridWeights = "1,1",
+    rerank_depth: RerankDepth = 20,
 ) -> None:
     """Index the data set's passages, answer its questions with and without retrieval, and score each stage."""
     from flows.evaluate import run_eval
@@ -289,7 +313,7 @@ def evaluate(
         r = run_eval(dataset, store, out, ks=ks, context_k=context_k, corpus=str(corpus) if corpus else None,
                      limit=limit, sample=sample, seed=seed, retriever=retriever, rerank=rerank, generator=generator,
                      embedder=embedder, max_new_tokens=max_new_tokens, device=device, answers=not retrieval_only,
-                     matrix_dtype=matrix_dtype)
+                     retrieval_options=_retrieval_options(matrix_dtype, rrf_k, hybrid_weights, rerank_depth))
     except Exception as exc:  # noqa: BLE001
         _fail(exc)
     s = r.summary

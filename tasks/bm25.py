@@ -87,7 +87,7 @@ def rrf_fuse(
         best: dict[int, int] = {}
         for w, ranking in zip(weights, rankings, strict=True):
             for rank, row in enumerate(ranking[qi].tolist(), 1):
-                if row < 0:
+                if row < 0 or w == 0:  # a list weighted 0 adds nothing, not even its rows
                     continue
                 acc[row] = acc.get(row, 0.0) + w / (rrf_k + rank)
                 best[row] = min(best.get(row, rank), rank)

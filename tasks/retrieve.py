@@ -6,6 +6,7 @@ larger than one tensor. Ties are broken by global row order, so results are dete
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -13,6 +14,7 @@ from typing import NamedTuple
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
+from tqdm import tqdm
 
 from storage.store import Store, StoreError
 from tasks.embed import EmbedderConfig, default_device, load_embedder, resolve_embedder
@@ -340,12 +342,15 @@ class RerankedRetriever(Retriever):
         all_texts = self.index.chunks["text"]
         new_rows = torch.full((len(queries), min(k, self.index.rows)), -1, dtype=torch.long)
         new_scores = torch.full(new_rows.shape, float("-inf"))
-        for qi, row in enumerate(hits.rows.tolist()):
-            cands = [r for r in row if r >= 0][: self.depth]
-            texts_q = pc.take(all_texts, pa.array(cands, type=pa.int64())).to_pylist()
-            rows_q, scores_q = rerank(reranker, queries[qi], cands, texts_q, new_rows.shape[1])
-            new_rows[qi, : len(rows_q)] = torch.tensor(rows_q, dtype=torch.long)
-            new_scores[qi, : len(scores_q)] = torch.tensor(scores_q)
+        with tqdm(total=len(queries), unit="query", desc=f"rerank {self.reranker}", file=sys.stderr,
+                  disable=len(queries) < 2) as bar:
+            for qi, row in enumerate(hits.rows.tolist()):
+                cands = [r for r in row if r >= 0][: self.depth]
+                texts_q = pc.take(all_texts, pa.array(cands, type=pa.int64())).to_pylist()
+                rows_q, scores_q = rerank(reranker, queries[qi], cands, texts_q, new_rows.shape[1])
+                new_rows[qi, : len(rows_q)] = torch.tensor(rows_q, dtype=torch.long)
+                new_scores[qi, : len(scores_q)] = torch.tensor(scores_q)
+                bar.update(1)
         self._timed("rerank_s", t)
         return Hits(new_rows, new_scores)
 
@@ -359,8 +364,12 @@ def make_retriever(
     fusion_depth: int = 100,
     rerank: str | None = None,
     rerank_depth: int = 20,
+    hybrid_weights: list[float] | None = None,
 ) -> Retriever:
-    """The retriever named ``dense``, ``bm25``, ``hybrid`` or ``ann``, optionally followed by a reranker."""
+    """The retriever named ``dense``, ``bm25``, ``hybrid`` or ``ann``, optionally followed by a reranker.
+
+    ``hybrid_weights``: RRF weights of the dense and BM25 lists (default 1, 1).
+    """
     if retriever not in RETRIEVERS:
         raise ValueError(f"unknown retriever {retriever!r}; choose one of {', '.join(RETRIEVERS)}")
     r: Retriever
@@ -371,7 +380,8 @@ def make_retriever(
     elif retriever == "bm25":
         r = BM25Retriever(index)
     else:
-        r = HybridRetriever(index, [DenseRetriever(index, config, device), BM25Retriever(index)], fusion_depth, rrf_k)
+        r = HybridRetriever(index, [DenseRetriever(index, config, device), BM25Retriever(index)], fusion_depth, rrf_k,
+                            hybrid_weights)
     if rerank and rerank != "none":
         r = RerankedRetriever(index, r, rerank, device, rerank_depth)
     return r
@@ -389,13 +399,15 @@ def search(
     rerank: str | None = None,
     rerank_depth: int = 20,
     matrix_dtype: str | None = None,
+    hybrid_weights: list[float] | None = None,
 ) -> tuple[list[SearchResult], dict[str, float]]:
     """Top-k chunks per query from the store (see :func:`make_retriever`), plus timings.
 
     ``dense``: cosine scores from the store's own embedder (exact). ``ann``: the same by FAISS HNSW.
     ``bm25``: tantivy BM25 scores. ``hybrid``: reciprocal rank fusion (``rrf_k``) of the dense and BM25
-    top-``fusion_depth`` lists; its scores are RRF scores. ``rerank`` (``llm:<generator>`` or
-    ``cross-encoder:<model>``) reorders the retriever's top ``rerank_depth`` and returns the reranker's scores.
+    top-``fusion_depth`` lists, weighted by ``hybrid_weights``; its scores are RRF scores. ``rerank``
+    (``llm:<generator>`` or ``cross-encoder:<model>``) reorders the retriever's top ``rerank_depth`` and
+    returns the reranker's scores.
     ``matrix_dtype``: how the chunk matrix is held on the device (``auto``, ``float32``, ``float16``,
     ``bfloat16``, ``int8``).
     """
@@ -405,7 +417,8 @@ def search(
     config = embedder_for_store(store_path, embedder)
     index = open_index(store_path, device, matrix_dtype)
     timings: dict[str, float] = {"load_s": time.perf_counter() - t0}
-    ranker = make_retriever(index, retriever, config, device, rrf_k, fusion_depth, rerank, rerank_depth)
+    ranker = make_retriever(index, retriever, config, device, rrf_k, fusion_depth, rerank, rerank_depth,
+                            hybrid_weights)
     hits = ranker.retrieve(queries, k)
     timings.update(ranker.timings)
     ids, docs, texts = index.chunks["chunk_id"], index.chunks["doc_id"], index.chunks["text"]

@@ -1,4 +1,4 @@
-"""The index flow on a real Dask LocalCluster (2 worker processes) builds the same store as the thread runner."""
+"""The index and answer flows on a real Dask LocalCluster (2 worker processes) give what the thread runner gives."""
 
 from __future__ import annotations
 
@@ -54,6 +54,29 @@ def test_dask_local_cluster_builds_the_same_store(prefect_harness, tmp_path):
     # Incremental re-runs work the same on Dask: nothing changed, nothing embedded.
     again = run_index(corpus, tmp_path / "dask", batch_docs=2, runner="dask", dask_workers=2)
     assert (again.unchanged, again.chunks_embedded) == (8, 0)
+
+
+def test_dask_answer_flow_gives_the_thread_runners_table(prefect_harness, tmp_path):
+    import json
+
+    import polars as pl
+
+    from conftest import FAST_GENERATOR
+    from flows.answer import run_answer
+    from flows.index import run_index
+
+    store = tmp_path / "store"
+    run_index(write_corpus(tmp_path / "docs", DOCS), store)
+    qfile = tmp_path / "q.jsonl"
+    qfile.write_text("".join(json.dumps({"id": f"q{i}", "question": f"What is document {i} about?"}) + "\n"
+                             for i in range(4)))
+    kw = {"k": 2, "generator": FAST_GENERATOR, "max_new_tokens": 8, "batch_questions": 1}
+    threads = run_answer(qfile, store, tmp_path / "threads.parquet", **kw)
+    dask = run_answer(qfile, store, tmp_path / "dask.parquet", runner="dask", dask_workers=2, **kw)
+    assert threads.questions == dask.questions == 4
+    cols = ["question_id", "chunk_ids", "no_rag_answer", "rag_answer"]  # four batches, two in flight at a time
+    assert pl.read_parquet(tmp_path / "dask.parquet").select(cols).equals(
+        pl.read_parquet(tmp_path / "threads.parquet").select(cols))
 
 
 def test_runner_choice_is_validated():

@@ -81,6 +81,11 @@ def test_index_reindex_and_search(prefect_harness, corpus, tmp_path):
             assert got[0].doc_ids[0] == "paris.txt", (retriever, dtype)
             if retriever != "bm25":  # BM25 returns only chunks sharing a term with the query
                 assert len(got[1].chunk_ids) == 5
+    # Fusion weights: with BM25 weighted 0, hybrid ranks exactly as dense does (hybrid's own default is 1, 1).
+    qs = ["yellow tropical fruit", "highest mountain", "capital city"]
+    dense, _ = search(str(store), qs, k=5, retriever="dense")
+    only_dense, _ = search(str(store), qs, k=5, retriever="hybrid", hybrid_weights=[1.0, 0.0])
+    assert [r.chunk_ids for r in only_dense] == [r.chunk_ids for r in dense]
 
 
 def test_unreadable_file_keeps_its_indexed_version(prefect_harness, corpus, tmp_path):
