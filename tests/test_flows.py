@@ -82,8 +82,10 @@ def test_index_reindex_and_search(prefect_harness, corpus, tmp_path):
             if retriever != "bm25":  # BM25 returns only chunks sharing a term with the query
                 assert len(got[1].chunk_ids) == 5
     # Fusion weights: with BM25 weighted 0, hybrid ranks exactly as dense does (hybrid's own default is 1, 1).
-    qs = ["yellow tropical fruit", "highest mountain", "capital city"]
+    qs = ["capital of Italy", "yellow tropical fruit", "highest mountain"]
     dense, _ = search(str(store), qs, k=5, retriever="dense")
+    even, _ = search(str(store), qs, k=5, retriever="hybrid")
+    assert even[0].chunk_ids != dense[0].chunk_ids  # so the weights below must matter
     only_dense, _ = search(str(store), qs, k=5, retriever="hybrid", hybrid_weights=[1.0, 0.0])
     assert [r.chunk_ids for r in only_dense] == [r.chunk_ids for r in dense]
 
