@@ -207,14 +207,9 @@ def run_answer(
     dask_address: str | None = None, dask_workers: int = 2, **kw,
 ) -> AnswerReport:
     """Call the flow with absolute paths, on the chosen task runner (``flows/runners.py``)."""
-    from flows.runners import api_for_workers, parallel_batches, task_runner
+    from flows.runners import run_flow
 
     qs = questions if isinstance(questions, list) else [questions]
     args = ([str(Path(q).expanduser().resolve()) for q in qs], str(Path(store).expanduser().resolve()),
             str(Path(out).expanduser().resolve()))
-    if runner == "threads" and not dask_address:
-        return answer_flow(*args, **kw)
-    fl = answer_flow.with_options(task_runner=task_runner(runner, dask_address, dask_workers))
-    kw.setdefault("parallel_batches", parallel_batches(runner, dask_workers))
-    with api_for_workers():
-        return fl(*args, **kw)
+    return run_flow(answer_flow, args, kw, runner, dask_address, dask_workers)

@@ -227,12 +227,7 @@ def run_index(
     ``runner="dask"`` runs the batch tasks on a Dask cluster (``flows/runners.py``) with one batch in flight
     per worker (``parallel_batches``, unless given).
     """
-    from flows.runners import api_for_workers, parallel_batches, task_runner
+    from flows.runners import run_flow
 
     args = str(Path(docs_dir).expanduser().resolve()), str(Path(store).expanduser().resolve())
-    if runner == "threads" and not dask_address:
-        return index_flow(*args, **kw)
-    fl = index_flow.with_options(task_runner=task_runner(runner, dask_address, dask_workers))
-    kw.setdefault("parallel_batches", parallel_batches(runner, dask_workers))
-    with api_for_workers():
-        return fl(*args, **kw)
+    return run_flow(index_flow, args, kw, runner, dask_address, dask_workers)

@@ -17,6 +17,18 @@ from typing import Any
 RUNNERS = ("threads", "dask")
 
 
+def run_flow(flow: Any, args: tuple, kw: dict[str, Any], runner: str = "threads", address: str | None = None,
+             workers: int = 2) -> Any:
+    """Call ``flow(*args, **kw)`` on the chosen task runner: directly for threads; on Dask with one batch in
+    flight per worker (``parallel_batches``, unless given) and the flow's Prefect API handed to the workers."""
+    if runner == "threads" and not address:
+        return flow(*args, **kw)
+    fl = flow.with_options(task_runner=task_runner(runner, address, workers))
+    kw.setdefault("parallel_batches", parallel_batches(runner, workers))
+    with api_for_workers():
+        return fl(*args, **kw)
+
+
 def task_runner(kind: str = "threads", address: str | None = None, workers: int = 2) -> Any:
     """A Prefect task runner.
 

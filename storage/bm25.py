@@ -144,14 +144,18 @@ class DiskBM25:
             return None
         return dict(zip(t["doc_id"].to_pylist(), t["sha256"].to_pylist(), strict=True))
 
-    def sync(self, generation: int, manifest: pa.Table, read_chunks: Callable[[str], pa.Table],
+    def sync(self, generation: int, read_manifest: Callable[[], pa.Table], read_chunks: Callable[[str], pa.Table],
              rebuild: bool = False) -> SyncReport:
-        """Bring the index to ``generation`` (whose manifest is given); the caller holds the store's lock.
+        """Bring the index to ``generation`` (whose manifest ``read_manifest`` returns); the caller holds the lock.
 
+        Already there (every index run ends with a sync): nothing is opened or read beyond two small JSON files.
         ``rebuild`` re-adds every live chunk into an emptied index instead (see the module docstring).
         """
         t0 = time.perf_counter()
         report = SyncReport(generation)
+        current = self._generation()
+        if current == generation and not rebuild:
+            return report
         index = None
         if self._format_ok():
             try:
@@ -163,9 +167,8 @@ class DiskBM25:
             self.tantivy_dir.mkdir(parents=True)
             write_json_atomic(self.dir / "format.json", FORMAT)
             index = tantivy.Index(schema(FORMAT["tokenizer"]), path=str(self.tantivy_dir), reuse=True)
-        current = self._generation()
-        if current == generation and not rebuild:
-            return report
+            current = None
+        manifest = read_manifest()
         live = dict(zip(manifest["doc_id"].to_pylist(), manifest["sha256"].to_pylist(), strict=True))
         indexed = None if rebuild else self._indexed_docs(current)
         writer = index.writer(heap_size=WRITER_HEAP, num_threads=1)

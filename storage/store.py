@@ -338,7 +338,8 @@ class Store:
         ``rebuild`` (compaction) drops its deleted documents too, so its statistics are the live chunks' again.
         """
         meta = meta if meta is not None else self.meta()
-        report = DiskBM25(self.root).sync(meta.generation, self.manifest(meta), self.read_chunks, rebuild=rebuild)
+        report = DiskBM25(self.root).sync(meta.generation, lambda: self.manifest(meta), self.read_chunks,
+                                          rebuild=rebuild)
         self.bm25_syncs.append(report)
         return report
 

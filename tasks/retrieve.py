@@ -44,6 +44,9 @@ class DenseIndex:
     _bm25: object = None
     _ann: object = None
 
+    def __post_init__(self) -> None:
+        self.scales = self.scales or [None] * len(self.shards)  # None: a float shard
+
     @property
     def ann(self):
         """A FAISS HNSW index over the same live rows (tasks/ann.py), built on first use."""
@@ -55,8 +58,7 @@ class DenseIndex:
 
     def float_shards(self) -> list[torch.Tensor]:
         """The shards as float32 (int8 rows dequantized)."""
-        return [_dequantize(sh, sc) for sh, sc in zip(self.shards, self.scales or [None] * len(self.shards),
-                                                        strict=True)]
+        return [_dequantize(sh, sc) for sh, sc in zip(self.shards, self.scales, strict=True)]
 
     @property
     def bm25(self):
@@ -81,8 +83,7 @@ class DenseIndex:
         for q0 in range(0, nq, query_batch):
             q = queries[q0 : q0 + query_batch]
             cand_s, cand_r = [], []
-            for shard, scale, off in zip(self.shards, self.scales or [None] * len(self.shards), self.offsets,
-                                         strict=True):
+            for shard, scale, off in zip(self.shards, self.scales, self.offsets, strict=True):
                 if scale is None:
                     s = q.to(shard.device, shard.dtype) @ shard.T
                 else:  # int8 rows: score = (q · row_int8) × row scale, dequantized block by block
@@ -319,8 +320,7 @@ class HybridRetriever(Retriever):
 
         rankings = [p.retrieve(queries, max(k, self.depth)).rows for p in self.parts]
         for p in self.parts:
-            for key, v in p.timings.items():
-                self.timings[key] = v
+            self.timings.update(p.timings)
         return Hits(*rrf_fuse(rankings, min(k, self.index.rows), rrf_k=self.rrf_k, weights=self.weights))
 
 
