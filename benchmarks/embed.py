@@ -73,7 +73,8 @@ def main() -> None:
 
     from sentence_transformers import SentenceTransformer
 
-    from tasks.embed import Embedder, default_device, resolve_embedder
+    from tasks.device import default_device
+    from tasks.embed import Embedder, resolve_embedder
 
     device = args.device or default_device()
     texts = (

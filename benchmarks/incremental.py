@@ -178,7 +178,7 @@ def main() -> None:
         return
     desc = "generated short documents (~60 words, one chunk each)" if args.source == "synthetic" else \
         "the demo corpus (HELM model descriptions, one chunk each)"
-    from tasks.embed import default_device
+    from tasks.device import default_device
 
     device = args.device or default_device()
     cmd = "python benchmarks/incremental.py" + (" --source demo" if args.source == "demo" else "")

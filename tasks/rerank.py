@@ -16,6 +16,8 @@ from typing import Protocol
 
 import torch
 
+from tasks.device import default_device
+
 YES_PROMPT = (
     "Passage:\n{passage}\n\nQuestion: {question}\n"
     "Does the passage contain the answer to the question? Answer yes or no."
@@ -33,7 +35,7 @@ class CrossEncoderReranker:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         self.name = f"cross-encoder:{model}"
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = device or default_device()
         self.tokenizer = AutoTokenizer.from_pretrained(model)
         self.model = AutoModelForSequenceClassification.from_pretrained(model).to(self.device).eval()
         self.max_length, self.batch_size = max_length, batch_size

@@ -17,7 +17,8 @@ import torch
 from tqdm import tqdm
 
 from storage.store import Store, StoreError
-from tasks.embed import EmbedderConfig, default_device, load_embedder, resolve_embedder
+from tasks.device import default_device
+from tasks.embed import EmbedderConfig, load_embedder, resolve_embedder
 
 
 class Hits(NamedTuple):

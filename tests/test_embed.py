@@ -8,7 +8,8 @@ import shutil
 import pytest
 import torch
 
-from tasks.embed import EmbedderConfigError, load_embedder, resolve_embedder
+from tasks.device import cpu_has_native_bf16
+from tasks.embed import EmbedderConfigError, embedding_dtype, load_embedder, resolve_embedder
 
 TEXTS = [
     "Llama 3 was pretrained on over 15 trillion tokens of data from publicly available sources.",
@@ -45,15 +46,16 @@ def test_minilm_settings_come_from_its_folder(minilm):
     assert minilm.query_prefix == "" and len(minilm.weights_sha256) == 64
 
 
-def test_minilm_matches_sentence_transformers_and_is_unit_norm(minilm, minilm_model):
+def test_minilm_matches_sentence_transformers_and_is_unit_norm(minilm):
     from sentence_transformers import SentenceTransformer
 
-    ours = minilm_model.embed_passages(TEXTS)
+    model = load_embedder(minilm, "cpu", "float32")  # the same dtype as the reference
+    ours = model.embed_passages(TEXTS)
     assert torch.allclose(ours.norm(dim=1), torch.ones(len(TEXTS)), atol=1e-3)
     ref = SentenceTransformer(minilm.path, device="cpu").encode(TEXTS, normalize_embeddings=True,
                                                                 convert_to_tensor=True)
     assert (ours * ref).sum(1).min() >= 0.9999
-    q = minilm_model.embed_queries(["How many tokens was Llama 3 trained on?"])
+    q = model.embed_queries(["How many tokens was Llama 3 trained on?"])
     scores = (q @ ours[:3].T)[0]
     assert min(scores[0], scores[1]) > scores[2] + 0.4  # related passages far above the unrelated one
 
@@ -63,12 +65,23 @@ def test_bge_shaped_cls_path_matches_sentence_transformers(bge_shaped):
 
     config = resolve_embedder(str(bge_shaped))
     assert (config.pooling, config.normalize, config.max_length, config.dim) == ("cls", True, 512, 384)
-    ours = load_embedder(config, "cpu").embed_passages(TEXTS)
+    ours = load_embedder(config, "cpu", "float32").embed_passages(TEXTS)
     ref = SentenceTransformer(str(bge_shaped), device="cpu").encode(TEXTS, normalize_embeddings=True,
                                                                     convert_to_tensor=True)
     cos = (ours * ref).sum(1)
     assert cos.min() >= 0.9999, cos
     assert torch.allclose(ours.norm(dim=1), torch.ones(len(TEXTS)), atol=1e-3)
+
+
+def test_auto_dtype_keeps_quality(minilm, minilm_model):
+    """``auto`` may embed in bfloat16 (CPUs with native bf16): it must stay within cosine 0.999 of float32."""
+    assert minilm_model.dtype == embedding_dtype("cpu")
+    assert minilm_model.dtype == (torch.bfloat16 if cpu_has_native_bf16() else torch.float32)
+    full = load_embedder(minilm, "cpu", "float32")
+    for texts, embed in ((TEXTS, "embed_passages"), (["How many tokens was Llama 3 trained on?"], "embed_queries")):
+        a, b = getattr(minilm_model, embed)(texts), getattr(full, embed)(texts)
+        assert (a * b).sum(1).min() >= 0.999
+        assert torch.allclose(a.norm(dim=1), torch.ones(len(texts)), atol=1e-3)
 
 
 def test_bge_preset_supplies_the_query_instruction(bge_shaped, tmp_path):

