@@ -40,6 +40,8 @@ def scan_task(inbox: str, results: str) -> InboxScan:
                 len(scan.already_answered), len(scan.ignored))
     for name in scan.ignored:
         logger.warning("ignored %s: not a question file (.jsonl, .csv, .parquet)", name)
+    for problem in scan.refused:
+        logger.warning("refused %s", problem)
     return scan
 
 

@@ -19,10 +19,12 @@ from tasks.embed import DEFAULT_EMBEDDER, EmbedderConfig, resolve_embedder
 from tasks.indexing import (
     BatchResult,
     IndexPlan,
+    MassRemovalError,
     chunk_and_embed,
     compact_if_needed,
     compaction_due,
     plan_index,
+    removal_refusal,
 )
 from tasks.load import Document, LoadResult, load_documents
 
@@ -45,6 +47,7 @@ class IndexReport:
     removed_doc_ids: list[str] = field(default_factory=list)
     rebuild_reason: str | None = None
     dry_run: bool = False
+    removal_refused: str | None = None  # why the run was (dry run: would be) refused, see removal_refusal
     compacted_shards: int = 0  # shards rewritten by the automatic compaction at the end of the run
     dead_rows_dropped: int = 0
     dead_ratio: float = 0.0  # tombstoned share of the stored rows after the run
@@ -57,8 +60,8 @@ class IndexReport:
 
 
 @task(name="load-documents", cache_policy=NO_CACHE)
-def load_task(docs_dir: str) -> LoadResult:
-    result = load_documents(docs_dir)
+def load_task(docs_dir: str, follow_symlinks: bool = False) -> LoadResult:
+    result = load_documents(docs_dir, follow_symlinks=follow_symlinks)
     logger = get_run_logger()
     for err in result.errors:
         logger.warning("skipped %s", err)
@@ -121,17 +124,23 @@ def index_flow(
     lock_wait_s: float = 0.0,
     parallel_batches: int = 1,
     compact_dead_ratio: float = 0.3,
+    max_removal_ratio: float = 0.5,
+    allow_mass_removal: bool = False,
+    follow_symlinks: bool = False,
 ) -> IndexReport:
     """Index ``docs_dir`` into ``store`` incrementally; each batch is committed as it finishes.
 
     When more than ``compact_dead_ratio`` of the stored rows are tombstoned at the end, the store is
-    compacted (``1`` never compacts).
+    compacted (``1`` never compacts). Removals are committed with the run's last batch, so a killed run
+    keeps every document of the generation before it; a run that would remove more than
+    ``max_removal_ratio`` of the indexed documents is refused unless ``allow_mass_removal``, and one that
+    would empty the index always is (see tasks/indexing.py ``removal_refusal``).
     """
     t0 = time.perf_counter()
     logger = get_run_logger()
     settings = ChunkSettings(chunk_tokens, overlap_tokens)
     config = resolve_task(embedder)
-    loaded = load_task(docs_dir)
+    loaded = load_task(docs_dir, follow_symlinks)
     st = Store(store)
     report = IndexReport(store=str(st.root), skipped_files=loaded.errors, dry_run=dry_run)
     with st.lock(wait_s=lock_wait_s):
@@ -140,6 +149,9 @@ def index_flow(
         report.unchanged, report.removed = len(plan.unchanged), len(plan.removed)
         report.rebuild_reason = plan.rebuild_reason
         report.removed_doc_ids = plan.removed
+        report.removal_refused = removal_refusal(plan, docs_dir, st.root, max_removal_ratio, allow_mass_removal)
+        if report.removal_refused and not dry_run:
+            raise MassRemovalError(report.removal_refused)
         if dry_run:
             report.seconds = time.perf_counter() - t0
             return report
@@ -155,12 +167,18 @@ def index_flow(
             meta = st.commit(fp, dim, [r.shard for r in results], replace_all=True)
         else:
             meta = None
-            if plan.removed or not st.exists():
-                meta = st.commit(fp, dim, [], remove_doc_ids=set(plan.removed))
+            if not st.exists():
+                meta = st.commit(fp, dim, [])  # a new, empty index (an empty folder still gets one)
+            # Removals go with the last batch (or alone after a run with nothing to embed), never first: a run
+            # killed midway keeps every document of the generation before it (and the shards holding them).
+            removed = set(plan.removed)
             results = []
             for r in _run_batches(store, batches, config, settings, device, parallel_batches):
                 results.append(r)
-                meta = st.commit(fp, dim, [r.shard])  # each batch is durable as soon as it is done
+                last = len(results) == len(batches)
+                meta = st.commit(fp, dim, [r.shard], remove_doc_ids=removed if last else frozenset())
+            if removed and not batches:
+                meta = st.commit(fp, dim, [], remove_doc_ids=removed)
             meta = meta or st.meta()
         compacted = compact_task(store, compact_dead_ratio) if compaction_due(meta, compact_dead_ratio) else None
         if compacted is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -23,7 +24,9 @@ def tmp_sibling(path: Path) -> Path:
 def atomic_path(path: Path, before_replace: Callable[[], None] | None = None) -> Iterator[Path]:
     """Yield a temporary path to write to; on success it is fsynced and renamed to ``path``.
 
-    ``before_replace`` runs between the fsync and the rename (the store's crash-test hook uses it).
+    ``before_replace`` runs between the fsync and the rename (the store's crash-test hook uses it). A full
+    disk is reported as ``OSError(ENOSPC)`` naming ``path`` (the writers' own errors name neither it nor the
+    store; safetensors' is not even an ``OSError``).
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = tmp_sibling(path)
@@ -35,6 +38,11 @@ def atomic_path(path: Path, before_replace: Callable[[], None] | None = None) ->
             before_replace()
         os.replace(tmp, path)
         _fsync_dir(path.parent)
+    except Exception as exc:
+        if getattr(exc, "errno", None) == errno.ENOSPC or "No space left on device" in str(exc):
+            raise OSError(errno.ENOSPC, f"No space left on device while writing {path}; nothing of it was kept"
+                          ) from exc
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -12,7 +12,8 @@ A file is *new* unless the ledger holds its name with the same sha256, so editin
 dropping a new version under the same name) answers it again; the new results never overwrite those of
 another version (``<stem>-<sha12>.parquet`` when ``<stem>.parquet`` belongs to another file or version).
 Files the inbox ignores: hidden names, temporary names (``.tmp``/``.part``/``.partial``), and any suffix
-other than the question formats (they are listed, never touched).
+other than the question formats (they are listed, never touched). Symlinks pointing outside the inbox, broken
+or looping links and special files (FIFOs) are refused with the reason, never read.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from storage.atomic import TMP_MARK, sha256_file, write_bytes_atomic
+from storage.safepath import path_problem
 
 QUESTION_SUFFIXES = (".jsonl", ".csv", ".parquet")
 TEMP_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload")
@@ -48,6 +50,7 @@ class InboxScan:
     new: list[InboxFile] = field(default_factory=list)
     already_answered: list[str] = field(default_factory=list)  # names whose current content is in the ledger
     ignored: list[str] = field(default_factory=list)  # names that are not question files
+    refused: list[str] = field(default_factory=list)  # "name: reason": links out of the inbox, special files
 
 
 def read_ledger(results_dir: str | Path) -> list[dict[str, Any]]:
@@ -76,10 +79,14 @@ def scan_inbox(inbox_dir: str | Path, results_dir: str | Path) -> InboxScan:
     done = {(e["name"], e["sha256"]) for e in ledger}
     taken = {e.get("out") for e in ledger}
     for p in sorted(inbox.iterdir()):
-        if not p.is_file():
+        if p.is_dir() and not p.is_symlink():
             continue  # failed/ and any other folder
         name = p.name
         if name.startswith(".") or name.startswith(TMP_MARK) or name.lower().endswith(TEMP_SUFFIXES):
+            continue
+        problem = path_problem(p, inbox)  # a link to a file outside the inbox is never read (storage/safepath.py)
+        if problem:
+            scan.refused.append(f"{name}: {problem}")
             continue
         if p.suffix.lower() not in QUESTION_SUFFIXES:
             scan.ignored.append(name)

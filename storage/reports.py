@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from storage.atomic import atomic_path, write_bytes_atomic, write_json_atomic
+from storage.escape import md_code, md_text
 
 VERDICTS = ("grounded", "perturbed", "misled")
 STAGES = ("chunker", "retriever", "generator")
@@ -69,11 +70,13 @@ def metric_table(summary: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def summary_markdown(summary: dict[str, Any], examples: dict[str, list[dict[str, Any]]], config: dict[str, Any]) -> str:
-    lines = [f"# ragbatch evaluation: {config.get('dataset', '')}", "",
-             f"{summary['questions']} questions; retriever `{config.get('retriever')}`, embedder "
-             f"`{config.get('embedder')}`, generator `{config.get('generator')}`, k = {config.get('context_k')} "
-             "chunks of context.", "", "| metric | value |", "|---|---|"]
-    lines += [f"| {k} | {v} |" for k, v in metric_table(summary)]
+    """The Markdown summary; every string from the data or the config is escaped (storage/escape.py)."""
+    c = md_code
+    lines = [f"# ragbatch evaluation: {md_text(config.get('dataset', ''))}", "",
+             f"{summary['questions']} questions; retriever {c(config.get('retriever'))}, embedder "
+             f"{c(config.get('embedder'))}, generator {c(config.get('generator'))}, k = "
+             f"{md_text(config.get('context_k'))} chunks of context.", "", "| metric | value |", "|---|---|"]
+    lines += [f"| {md_text(k)} | {md_text(v)} |" for k, v in metric_table(summary)]
     if "rag_em" not in summary:
         tail = ["", "Retrieval only: no answers were generated.", "", "![recall@k](recall_at_k.png)", ""]
         return "\n".join(lines + tail)
@@ -92,10 +95,10 @@ def summary_markdown(summary: dict[str, Any], examples: dict[str, list[dict[str,
         if not examples.get(v):
             lines += ["(none)", ""]
         for ex in examples.get(v, []):
-            lines += [f"- **{ex['question']}** (gold: {' | '.join(ex['gold_answers'][:3])})",
-                      f"  - without retrieval: {ex['no_rag_answer']}",
-                      f"  - with retrieval: {ex['rag_answer']}"]
-            lines += [f"  - [{i}] `{cid}`: {_clip(t)}" for i, (cid, t) in enumerate(ex["chunks"], 1)]
+            lines += [f"- **{md_text(ex['question'])}** (gold: {md_text(' | '.join(ex['gold_answers'][:3]))})",
+                      f"  - without retrieval: {md_text(ex['no_rag_answer'])}",
+                      f"  - with retrieval: {md_text(ex['rag_answer'])}"]
+            lines += [f"  - \\[{i}\\] {md_code(cid)}: {md_text(t, 240)}" for i, (cid, t) in enumerate(ex["chunks"], 1)]
         lines.append("")
     return "\n".join(lines)
 

@@ -267,9 +267,14 @@ class Store:
             obj = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise StoreError(f"{path}: unreadable index metadata ({exc})") from exc
+        if not isinstance(obj, dict):
+            raise StoreError(f"{path}: unreadable index metadata (a JSON {type(obj).__name__}, not an object)")
         if obj.get("format_version") != FORMAT_VERSION:
             raise StoreError(f"{path}: format version {obj.get('format_version')}, expected {FORMAT_VERSION}")
-        return IndexMeta.from_json(obj)
+        try:
+            return IndexMeta.from_json(obj)
+        except (TypeError, ValueError) as exc:  # fields missing, unknown or of the wrong shape
+            raise StoreError(f"{path}: unreadable index metadata ({exc})") from exc
 
     def manifest(self, meta: IndexMeta | None = None) -> pa.Table:
         meta = meta if meta is not None else (self.meta() if self.exists() else None)
@@ -792,6 +797,8 @@ class Store:
 
     # ---------------------------------------------------------------- locking
     def lock(self, wait_s: float = 0.0) -> StoreLock:
+        if self.root.exists() and not self.root.is_dir():
+            raise StoreError(f"{self.root} is a file, not a store (--store names a folder, new or existing)")
         return StoreLock(self.root / LOCK_FILE, wait_s=wait_s)
 
 

@@ -86,6 +86,33 @@ def plan_index(
     return plan
 
 
+class MassRemovalError(RuntimeError):
+    """A run that would remove too much of the index (a wrong, empty or unmounted docs folder): nothing written."""
+
+
+def removal_refusal(
+    plan: IndexPlan, docs_dir: str, store: object, max_ratio: float = 0.5, allow: bool = False
+) -> str | None:
+    """Why this plan must not run (``None`` when it may), like rsync's ``--max-delete``.
+
+    A run that would leave an index with documents empty is always refused: an empty or unmounted folder
+    looks exactly like one whose documents were all deleted. One that removes more than ``max_ratio`` of
+    the indexed documents needs ``allow``.
+    """
+    indexed = len(plan.changed) + len(plan.unchanged) + len(plan.removed) + len(plan.kept_unreadable)
+    if not plan.removed or not indexed:
+        return None
+    n, share = len(plan.removed), len(plan.removed) / indexed
+    what = f"indexing {docs_dir} would remove {n} of the {indexed} documents indexed in {store} ({share:.0%})"
+    if n == indexed and not plan.added:
+        return (f"{what} and leave it empty: is that the right folder, and is it mounted? A run never empties an "
+                "index; delete the store folder to start over")
+    if share > max_ratio and not allow:
+        return (f"{what}, more than the limit of {max_ratio:.0%} (--max-removal-ratio): is that the right folder? "
+                "Nothing was changed; pass --allow-mass-removal if the removal is intended")
+    return None
+
+
 @dataclass
 class BatchResult:
     shard: Any  # storage.store.ShardWrite

@@ -98,3 +98,20 @@ def test_deployments_carry_schedules_and_absolute_parameters(tmp_path, monkeypat
     assert [s.schedule.interval.total_seconds() for s in inbox.schedules] == [300]
     by_hand = build_deployments("docs", "store", "in", "res", cron="", inbox_every=0)
     assert [d.schedules for d in by_hand] == [[], []]
+
+
+def test_scan_refuses_links_out_of_the_inbox(tmp_path):
+    """Issue 10, finding 1: a link dropped into the inbox never pulls a file from elsewhere into a run."""
+    import os
+
+    inbox, results = tmp_path / "inbox", tmp_path / "results"
+    secret = write_corpus(tmp_path / "elsewhere", {"secret.jsonl": Q1}) / "secret.jsonl"
+    write_corpus(inbox, {"a.jsonl": Q1})
+    (inbox / "out.jsonl").symlink_to(secret)
+    (inbox / "in.jsonl").symlink_to(inbox / "a.jsonl")
+    (inbox / "loop.jsonl").symlink_to(inbox / "loop.jsonl")
+    os.mkfifo(inbox / "fifo.jsonl")  # hashing it would block the scan forever
+    scan = scan_inbox(inbox, results)
+    assert [f.name for f in scan.new] == ["a.jsonl", "in.jsonl"]
+    assert [r.split(" (")[0] for r in scan.refused] == [
+        "fifo.jsonl: not a regular file", "loop.jsonl: symlink loop", "out.jsonl: symlink outside the folder"]

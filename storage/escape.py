@@ -1,0 +1,42 @@
+"""Escaping user-controlled text (questions, answers, document text and ids) for Markdown outputs.
+
+Markdown passes raw HTML through, so a question holding ``<script>`` or ``<img onerror=…>`` would run in
+whatever renders ``summary.md`` or the Prefect ``answers`` artifact, a newline would end a table row, and
+``![x](http://…)`` would make the viewer fetch a URL. Every such string goes through :func:`md_text` (or
+:func:`md_code` for ids shown as code).
+"""
+
+from __future__ import annotations
+
+import html
+import re
+
+# Markdown's inline syntax: emphasis, code, links/images, tables, strikethrough, and the escape character itself.
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]|~])")
+
+
+def md_text(value: object, limit: int | None = None) -> str:
+    """``value`` as literal inline Markdown: one line, HTML escaped, inline syntax backslash-escaped.
+
+    Whitespace runs (newlines included) collapse to one space; ``limit`` clips the text (before escaping,
+    so an entity or escape is never cut in half) and marks the cut with "…".
+    """
+    text = " ".join(str(value).split())
+    if limit is not None and len(text) > limit:
+        text = text[:limit] + "…"
+    return _MD_SPECIAL.sub(r"\\\1", html.escape(text, quote=False))
+
+
+def md_code(value: object, in_table: bool = False) -> str:
+    """``value`` as one inline code span (shown verbatim: no HTML or Markdown inside code is interpreted).
+
+    The fence is one backtick longer than the longest run in the text, as CommonMark prescribes; in a table
+    cell a ``|`` (which splits cells even inside code) is escaped, as GFM prescribes.
+    """
+    text = " ".join(str(value).split())
+    runs = [len(m) for m in re.findall(r"`+", text)]
+    fence = "`" * (max(runs, default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    if in_table:
+        text = text.replace("|", "\\|")
+    return f"{fence}{pad}{text}{pad}{fence}"
