@@ -16,10 +16,14 @@ from prefect.cache_policies import NO_CACHE
 from flows.naming import run_name
 from storage.results import ResultParts, write_results
 from storage.store import Store
-from tasks.generate import dual_generate, load_generator
+from tasks.device import default_device, dtype_name
+from tasks.embed import embedding_dtype
+from tasks.generate import TOKEN_BUDGET, dual_generate, load_generator
 from tasks.metrics import answers_differ
+from tasks.prompts import get_prompt
 from tasks.questions import Question, QuestionLoad, load_questions
 from tasks.retrieve import SearchResult, embedder_for_store, search
+from tasks.snap import snap_answer
 
 DEFAULT_GENERATOR = "qwen2.5-coder-0.5b-instruct"
 # Hybrid by default: on the demo corpus dense MiniLM ranks Llama 2 documents above Llama 3 for
@@ -37,7 +41,15 @@ class AnswerReport:
     generate_s: float = 0.0
     seconds: float = 0.0
     resumed_batches: int = 0  # batches found finished by a killed earlier run of the same settings
+    prompt_tokens: int = 0  # real prompt tokens the generator read (both arms)
+    padded_tokens: int = 0  # prompt tokens including padding: padded / real is the wasted prefill
+    new_tokens: int = 0
+    dtype: str = ""  # the generator's dtype
     rows: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def padding_ratio(self) -> float:
+        return self.padded_tokens / self.prompt_tokens if self.prompt_tokens else 1.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -66,31 +78,64 @@ def retrieve_task(
     return results, time.perf_counter() - t0
 
 
+@dataclass
+class GenerationSettings:
+    """How answers are generated: everything that decides the generator's output, saved with each run."""
+
+    generator: str = DEFAULT_GENERATOR
+    prompt: str | None = None  # a template of tasks/prompts.toml; None = its default
+    dtype: str = "auto"  # auto | float32 | bfloat16 | float16 (tasks/device.py)
+    max_new_tokens: int = 48
+    batch_size: int = 16  # most prompts per generate() call
+    token_budget: int = TOKEN_BUDGET  # most padded prompt tokens per generate() call
+    snap: bool = True  # RAG answers snapped to the shortest passage span (tasks/snap.py); raw kept
+
+    def resolved(self) -> GenerationSettings:
+        """The same with the prompt name filled in (so a run's config says which template ran)."""
+        return GenerationSettings(**{**asdict(self), "prompt": get_prompt(self.prompt).name})
+
+
+@dataclass
+class BatchAnswers:
+    """One batch's retrieval and both answers, as the answer-batch task hands them to the flow."""
+
+    hits: list[SearchResult]
+    no_rag: list[str]
+    rag: list[str]  # final RAG answers (snapped when settings.snap)
+    rag_raw: list[str]  # what the model said
+    retrieve_s: float
+    generate_s: float
+    stats: dict[str, Any]
+
+
 @task(name="generate-batch", cache_policy=NO_CACHE)
 def generate_task(
-    generator: str, questions: list[Question], hits: list[SearchResult], max_new_tokens: int,
-    batch_size: int, device: str | None,
-) -> tuple[list[str], list[str], float]:
+    settings: GenerationSettings, questions: list[Question], hits: list[SearchResult], device: str | None,
+) -> tuple[list[str], list[str], list[str], dict[str, Any], float]:
+    """(no-RAG answers, final RAG answers, raw RAG answers, generation stats, seconds) for one batch."""
     t0 = time.perf_counter()
-    gen = load_generator(generator, device)
+    gen = load_generator(settings.generator, device, settings.dtype)
     contexts = [list(zip(h.doc_ids, h.texts, strict=True)) for h in hits]
-    no_rag, rag = dual_generate(gen, [q.question for q in questions], contexts,
-                                max_new_tokens=max_new_tokens, batch_size=batch_size)
-    stats = getattr(gen, "last_stats", None)
-    get_run_logger().info("generated %d answers in %.1fs (%s)", 2 * len(questions), time.perf_counter() - t0,
-                          stats.as_dict() if hasattr(stats, "as_dict") else stats)
-    return no_rag, rag, time.perf_counter() - t0
+    texts = [q.question for q in questions]
+    no_rag, raw = dual_generate(gen, texts, contexts, max_new_tokens=settings.max_new_tokens,
+                                batch_size=settings.batch_size, prompt=settings.prompt,
+                                token_budget=settings.token_budget)
+    rag = ([snap_answer(a, q, h.texts) for a, q, h in zip(raw, texts, hits, strict=True)] if settings.snap
+           else list(raw))
+    stats = gen.last_stats.as_dict()
+    get_run_logger().info("generated %d answers in %.1fs (%s)", 2 * len(questions), time.perf_counter() - t0, stats)
+    return no_rag, rag, raw, stats, time.perf_counter() - t0
 
 
 @task(name="answer-batch", cache_policy=NO_CACHE)
 def answer_batch_task(
     store: str, questions: list[Question], k: int, embedder: str | None, device: str | None, retriever: str,
-    rerank: str | None, options: dict[str, Any] | None, generator: str, max_new_tokens: int, batch_size: int,
-) -> tuple[list[SearchResult], list[str], list[str], float, float]:
+    rerank: str | None, options: dict[str, Any] | None, settings: GenerationSettings,
+) -> BatchAnswers:
     """Retrieve and answer one batch (one unit of work for a task runner: on Dask, one worker's)."""
     hits, t_ret = retrieve_task(store, questions, k, embedder, device, retriever, rerank, options)
-    no_rag, rag, t_gen = generate_task(generator, questions, hits, max_new_tokens, batch_size, device)
-    return hits, no_rag, rag, t_ret, t_gen
+    no_rag, rag, raw, stats, t_gen = generate_task(settings, questions, hits, device)
+    return BatchAnswers(hits, no_rag, rag, raw, t_ret, t_gen, stats)
 
 
 @task(name="write-results", cache_policy=NO_CACHE)
@@ -115,13 +160,19 @@ def answer_flow(
     device: str | None = None,
     retrieval_options: dict[str, Any] | None = None,
     parallel_batches: int = 1,
+    generation: GenerationSettings | None = None,
 ) -> AnswerReport:
     """Answer every question twice — without and with the top-``k`` chunks — into a Parquet table.
 
     ``retrieval_options``: more keyword arguments of :func:`tasks.retrieve.search` (``matrix_dtype``,
-    ``rrf_k``, ``fusion_depth``, ``hybrid_weights``, ``rerank_depth``). Batches are submitted to the task
-    runner, at most ``parallel_batches`` in flight (1 on one device; one per worker on Dask).
+    ``rrf_k``, ``fusion_depth``, ``hybrid_weights``, ``rerank_depth``). ``generation`` holds the prompt,
+    dtype, token budget and snapping; when given, its generator, batch size and max new tokens win over the
+    loose arguments of the same name. Batches are submitted to the task runner, at most ``parallel_batches``
+    in flight (1 on one device; one per worker on Dask).
     """
+    gs = (generation or GenerationSettings(generator=generator, max_new_tokens=max_new_tokens,
+                                           batch_size=gen_batch_size)).resolved()
+    generator = gs.generator
     t0 = time.perf_counter()
     logger = get_run_logger()
     config = embedder_for_store(store, embedder)  # refuses a store built by another embedder, up front
@@ -131,24 +182,28 @@ def answer_flow(
     meta = Store(store).meta()
     parts = ResultParts(report.out)
     settings = {"store": store, "generation": meta.generation, "embedder": config.fingerprint.get("id"), "k": k,
-                "generator": generator, "retriever": retriever, "rerank": rerank, "max_new_tokens": max_new_tokens,
-                "retrieval_options": retrieval_options}
+                "retriever": retriever, "rerank": rerank, "retrieval_options": retrieval_options,
+                "generation_settings": asdict(gs)}
     slots: list[list[dict[str, Any]]] = []
     pending: deque = deque()
 
     def finish() -> None:
         slot, batch, key, future = pending.popleft()
-        hits, no_rag, rag, t_ret, t_gen = future.result()
-        report.retrieve_s += t_ret
-        report.generate_s += t_gen
+        b: BatchAnswers = future.result()
+        report.retrieve_s += b.retrieve_s
+        report.generate_s += b.generate_s
+        report.prompt_tokens += b.stats["prompt_tokens"]
+        report.padded_tokens += b.stats["padded_tokens"]
+        report.new_tokens += b.stats["new_tokens"]
+        report.dtype = b.stats["dtype"]
         slots[slot] = [{
             "question_id": q.id, "question": q.question, "source": q.source,
             "gold_answers": list(q.answers), "chunk_ids": h.chunk_ids, "doc_ids": h.doc_ids,
-            "scores": h.scores, "chunk_texts": h.texts, "no_rag_answer": a0, "rag_answer": a1,
+            "scores": h.scores, "chunk_texts": h.texts, "no_rag_answer": a0, "rag_answer": a1, "rag_raw": raw,
             "answers_differ": answers_differ(a0, a1), "generator": generator, "embedder": config.name,
             "retriever": retriever + (f"+{rerank}" if rerank and rerank != "none" else ""), "k": k,
-            "retrieve_s": t_ret / len(batch), "generate_s": t_gen / len(batch),
-        } for q, h, a0, a1 in zip(batch, hits, no_rag, rag, strict=True)]
+            "retrieve_s": b.retrieve_s / len(batch), "generate_s": b.generate_s / len(batch),
+        } for q, h, a0, a1, raw in zip(batch, b.hits, b.no_rag, b.rag, b.rag_raw, strict=True)]
         parts.put(key, slots[slot])  # durable: a killed run resumes after this batch
 
     for i in range(0, len(qs), batch_questions):
@@ -161,8 +216,7 @@ def answer_flow(
             report.resumed_batches += 1
             continue
         pending.append((len(slots) - 1, batch, key, answer_batch_task.submit(
-            store, batch, k, config.name, device, retriever, rerank, retrieval_options, generator, max_new_tokens,
-            gen_batch_size)))
+            store, batch, k, config.name, device, retriever, rerank, retrieval_options, gs)))
         if len(pending) >= max(1, parallel_batches):
             finish()
     while pending:
@@ -171,26 +225,32 @@ def answer_flow(
     run_config = {
         "flow": "answer", "questions": questions, "store": store, "k": k, "generator": generator,
         "retriever": retriever, "rerank": rerank, "retrieval_options": retrieval_options,
-        "embedder": config.fingerprint, "batch_questions": batch_questions, "gen_batch_size": gen_batch_size,
-        "max_new_tokens": max_new_tokens, "device": device, "created_at": datetime.now().isoformat(),
-        "question_errors": loaded.errors,
+        "embedder": config.fingerprint, "embedder_dtype": dtype_name(embedding_dtype(device or default_device())),
+        "batch_questions": batch_questions, "generation": asdict(gs),
+        "generator_dtype": report.dtype or None,  # None when every batch was resumed
+        "generation_stats": {"prompt_tokens": report.prompt_tokens, "padded_tokens": report.padded_tokens,
+                             "padding_ratio": round(report.padding_ratio, 3), "new_tokens": report.new_tokens},
+        "device": device, "created_at": datetime.now().isoformat(), "question_errors": loaded.errors,
     }
     write_task(report.out, rows, run_config)
     parts.clear()
     report.questions, report.rows = len(rows), rows
     report.differ = sum(r["answers_differ"] for r in rows)
     report.seconds = time.perf_counter() - t0
-    logger.info("%d questions answered, %d changed by retrieval, %.1fs → %s",
-                report.questions, report.differ, report.seconds, report.out)
+    logger.info("%d questions answered, %d changed by retrieval, %.1fs → %s; generator %s, padded/real prompt "
+                "tokens %.3f", report.questions, report.differ, report.seconds, report.out, report.dtype,
+                report.padding_ratio)
     create_markdown_artifact(key="answers", markdown=answers_markdown(rows),
                              description=f"With/without retrieval: {report.out}")
     return report
 
 
 def answers_markdown(rows: list[dict[str, Any]], limit: int = 50) -> str:
-    """A Markdown table of the with/without answers (for the Prefect UI)."""
+    """A Markdown table of the with/without answers (for the Prefect UI); every cell escaped (storage/escape.py)."""
+    from storage.escape import md_text
+
     def cell(s: str) -> str:
-        return " ".join(str(s).split()).replace("|", "\\|")[:120]
+        return md_text(s, limit=120)
 
     lines = ["| id | question | without retrieval | with retrieval | differ | top doc |", "|---|---|---|---|---|---|"]
     for r in rows[:limit]:

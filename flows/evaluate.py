@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -13,7 +13,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from flows.answer import DEFAULT_GENERATOR, DEFAULT_RETRIEVER, answer_flow
+from flows.answer import DEFAULT_GENERATOR, DEFAULT_RETRIEVER, GenerationSettings, answer_flow
 from flows.index import index_flow
 from flows.naming import run_name
 from storage.atomic import write_bytes_atomic
@@ -113,9 +113,15 @@ def eval_flow(
     device: str | None = None,
     answers: bool = True,
     retrieval_options: dict[str, Any] | None = None,
+    generation: GenerationSettings | None = None,
 ) -> EvalReport:
-    """Retrieval (recall@k, MRR@10, nDCG@10) and answers (EM/F1 with vs without) measured separately."""
+    """Retrieval (recall@k, MRR@10, nDCG@10) and answers (EM/F1 with vs without) measured separately.
+
+    ``generation`` (prompt, dtype, snapping, ...) wins over ``generator``/``max_new_tokens``/``gen_batch_size``.
+    """
     t0 = time.perf_counter()
+    gs = (generation or GenerationSettings(generator=generator, max_new_tokens=max_new_tokens,
+                                           batch_size=gen_batch_size)).resolved()
     ks = sorted(set(ks or [1, 5, 10]))
     out = Path(out_dir).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -126,9 +132,8 @@ def eval_flow(
                                       + "\n" for q in ds.questions).encode())
     ans = None
     if answers:
-        ans = answer_flow([str(qfile)], store, str(out / "answers.parquet"), k=context_k, generator=generator,
-                          retriever=retriever, rerank=rerank, max_new_tokens=max_new_tokens,
-                          gen_batch_size=gen_batch_size, device=device, retrieval_options=retrieval_options)
+        ans = answer_flow([str(qfile)], store, str(out / "answers.parquet"), k=context_k, retriever=retriever,
+                          rerank=rerank, device=device, retrieval_options=retrieval_options, generation=gs)
     rankings, evidence = deep_retrieval_task(store, ds.questions, max(depth, max(ks), context_k), retriever,
                                              device, rerank, options=retrieval_options)
     by_id = {r["question_id"]: r for r in read_results(ans.out).to_pylist()} if ans else {}
@@ -152,9 +157,11 @@ def eval_flow(
     curve = recall_curve([[c.chunk_id for c in rk] for rk in rankings], relevants, max(depth, max(ks)))
     examples = _examples(rows, by_id) if ans else {}
     config = {"flow": "evaluate", "dataset": ds.name, "dataset_notes": ds.notes, "questions": len(rows),
-              "store": store, "retriever": retriever, "rerank": rerank, "embedder": embedder, "generator": generator,
+              "store": store, "retriever": retriever, "rerank": rerank, "embedder": embedder, "generator": gs.generator,
               "context_k": context_k, "ks": ks, "retrieval_options": retrieval_options,
-              "answers": answers, "depth": depth, "max_new_tokens": max_new_tokens,
+              "answers": answers, "depth": depth, "generation": asdict(gs),
+              "generator_dtype": ans.dtype if ans else None, "seconds_answering": ans.seconds if ans else None,
+              "padding_ratio": round(ans.padding_ratio, 3) if ans else None,
               "documents": ds.documents, "index": {"added": idx.added, "changed": idx.changed,
                                                    "unchanged": idx.unchanged, "removed": idx.removed},
               "created_at": datetime.now().isoformat()}

@@ -17,8 +17,10 @@ from storage.paths import configure_environment, demo_dir
 configure_environment()
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
-console = Console()
-err = Console(stderr=True)
+# emoji=False: ":smile:" or "root:x:0:0" in a document must print as written; every user-controlled string
+# printed with markup on goes through escape() (a path or id like "[/x]" would raise MarkupError).
+console = Console(emoji=False)
+err = Console(stderr=True, emoji=False)
 
 DEFAULT_GENERATOR = "qwen2.5-coder-0.5b-instruct"
 DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
@@ -47,6 +49,34 @@ def _retrieval_options(matrix_dtype: str, rrf_k: int, hybrid_weights: str, reran
     return {"matrix_dtype": matrix_dtype, "rrf_k": rrf_k, "hybrid_weights": weights, "rerank_depth": rerank_depth}
 Rerank = Annotated[str, typer.Option(
     "--rerank", help="none | llm:<generator> (offline yes/no judge) | cross-encoder:<model> (users with weights)")]
+Dtype = Annotated[str, typer.Option(
+    "--dtype", help="Generator weights: auto (bfloat16 on CUDA and on CPUs with native bf16 matmul, else float32) "
+    "| float32 | bfloat16 | float16")]
+Prompt = Annotated[str | None, typer.Option(
+    "--prompt", help="Prompt template of tasks/prompts.toml (default: the file's default)")]
+Snap = Annotated[bool, typer.Option(
+    "--snap/--no-snap", help="Snap RAG answers to the shortest passage span that answers (raw output kept)")]
+TokenBudget = Annotated[int, typer.Option(
+    "--token-budget", help="Most padded prompt tokens per generate() call")]
+
+
+def _generation(generator: str, dtype: str, prompt: str | None, snap: bool, max_new_tokens: int,
+                batch_size: int = 16, token_budget: int | None = None):
+    """The typed generation settings of a run (flows.answer.GenerationSettings), checked before any work."""
+    from flows.answer import GenerationSettings
+    from tasks.device import DTYPE_CHOICES
+    from tasks.prompts import get_prompt
+
+    if dtype not in DTYPE_CHOICES:
+        raise typer.BadParameter(f"--dtype {dtype!r}: choose one of {', '.join(DTYPE_CHOICES)}")
+    if max_new_tokens < 1 or batch_size < 1 or (token_budget is not None and token_budget < 1):
+        raise typer.BadParameter("--max-new-tokens, --gen-batch-size and --token-budget must be >= 1")
+    get_prompt(prompt)  # an unknown template fails here, not after the index is loaded
+    extra = {} if token_budget is None else {"token_budget": token_budget}
+    return GenerationSettings(generator=generator, prompt=prompt, dtype=dtype, max_new_tokens=max_new_tokens,
+                              batch_size=batch_size, snap=snap, **extra)
+
+
 Runner = Annotated[str, typer.Option("--runner", help="Task runner: threads | dask")]
 DaskAddress = Annotated[str | None, typer.Option(
     "--dask-address", help="An existing Dask scheduler (tcp://host:8786); default: a local cluster")]
@@ -54,8 +84,17 @@ DaskWorkers = Annotated[int, typer.Option(
     "--dask-workers", help="Local Dask workers (with --dask-address: batches in flight, one per worker)")]
 
 
+def _check_numbers(**options: tuple[float, float | None, float | None]) -> None:
+    """Refuse out-of-range numeric options up front, before Prefect's start-up (name=(value, low, high))."""
+    for name, (value, low, high) in options.items():
+        flag = "-k" if name == "k" else "--" + name.replace("_", "-")
+        if (low is not None and value < low) or (high is not None and value > high):
+            bounds = f"at least {low:g}" if high is None else f"between {low:g} and {high:g}"
+            _fail(typer.BadParameter(f"{flag} {value:g}: must be {bounds}"))
+
+
 def _fail(exc: BaseException) -> None:
-    err.print(f"[bold red]error:[/] {exc}")
+    err.print(f"[bold red]error:[/] {escape(str(exc))}")
     raise typer.Exit(code=2)
 
 
@@ -71,10 +110,10 @@ def setup(
 
     try:
         t0 = time.perf_counter()
-        console.print(f"embedder  {embedder}: {prepare_embedder(embedder)}")
-        console.print(f"generator {generator}: {prepare_generator(generator)}")
+        console.print(f"embedder  {escape(embedder)}: {escape(str(prepare_embedder(embedder)))}")
+        console.print(f"generator {escape(generator)}: {escape(str(prepare_generator(generator)))}")
         if demo:
-            console.print(f"demo corpus: {build_demo_corpus()}")
+            console.print(f"demo corpus: {escape(str(build_demo_corpus()))}")
         console.print(f"ready in {time.perf_counter() - t0:.1f}s")
     except Exception as exc:  # noqa: BLE001 - setup errors are shown, not traced
         _fail(exc)
@@ -93,24 +132,36 @@ def index(
     wait: Annotated[float, typer.Option(help="Seconds to wait for another writer's lock")] = 0.0,
     compact_dead_ratio: Annotated[float, typer.Option(help="Compact when more than this share of rows is "
                                                            "tombstoned (1 = never)")] = 0.3,
+    max_removal_ratio: Annotated[float, typer.Option(help="Refuse a run removing more than this share of the "
+                                                          "indexed documents")] = 0.5,
+    allow_mass_removal: Annotated[bool, typer.Option("--allow-mass-removal", help="Allow a run past "
+                                                     "--max-removal-ratio (an index is never emptied)")] = False,
+    follow_symlinks: Annotated[bool, typer.Option("--follow-symlinks", help="UNSAFE: also index symlinked files "
+                                                  "pointing outside DOCS_DIR (any file the link names)")] = False,
     runner: Runner = "threads",
     dask_address: DaskAddress = None,
     dask_workers: DaskWorkers = 2,
 ) -> None:
     """Index DOCS_DIR into STORE (incremental: only added or changed documents are embedded)."""
+    _check_numbers(chunk_tokens=(chunk_tokens, 1, None), overlap_tokens=(overlap_tokens, 0, chunk_tokens - 1),
+                   batch_docs=(batch_docs, 1, None), wait=(wait, 0, None), dask_workers=(dask_workers, 1, None),
+                   compact_dead_ratio=(compact_dead_ratio, 0, 1), max_removal_ratio=(max_removal_ratio, 0, 1))
     from flows.index import run_index
 
     try:
         r = run_index(docs_dir, store, embedder=embedder, chunk_tokens=chunk_tokens, overlap_tokens=overlap_tokens,
                       batch_docs=batch_docs, device=device, dry_run=dry_run, lock_wait_s=wait,
                       compact_dead_ratio=compact_dead_ratio, runner=runner, dask_address=dask_address,
-                      dask_workers=dask_workers)
+                      dask_workers=dask_workers, max_removal_ratio=max_removal_ratio,
+                      allow_mass_removal=allow_mass_removal, follow_symlinks=follow_symlinks)
     except Exception as exc:  # noqa: BLE001
         _fail(exc)
     for problem in r.skipped_files:
-        err.print(f"[yellow]skipped[/] {problem}")
+        err.print(f"[yellow]skipped[/] {escape(problem)}")
     if r.rebuild_reason:
-        err.print(f"[yellow]{r.rebuild_reason}[/]")
+        err.print(f"[yellow]{escape(r.rebuild_reason)}[/]")
+    if r.removal_refused:
+        err.print(f"[bold red]a real run is refused:[/] {escape(r.removal_refused)}")
     head = "dry run, nothing written: " if r.dry_run else ""
     console.print(
         f"{head}documents added {r.added}, changed {r.changed}, unchanged {r.unchanged}, removed {r.removed}; "
@@ -130,11 +181,11 @@ def verify(store: Store) -> None:
     for problem in rep.problems:
         console.print(f"problem: {problem}", highlight=False, markup=False, soft_wrap=True)
     if rep.problems:
-        err.print(f"[bold red]{len(rep.problems)} problem(s)[/] in {rep.store}")
+        err.print(f"[bold red]{len(rep.problems)} problem(s)[/] in {escape(str(rep.store))}")
         raise typer.Exit(code=1)
-    console.print(f"OK {rep.store}: generation {rep.generation}, {rep.documents} documents, {rep.live_rows} live "
-                  f"rows of {rep.total_rows} in {rep.shards} shards, {len(rep.orphans)} orphan files; "
-                  f"BM25 index {rep.bm25}; {rep.seconds:.1f}s", highlight=False, soft_wrap=True)
+    console.print(f"OK {escape(str(rep.store))}: generation {rep.generation}, {rep.documents} documents, "
+                  f"{rep.live_rows} live rows of {rep.total_rows} in {rep.shards} shards, {len(rep.orphans)} orphan "
+                  f"files; BM25 index {rep.bm25}; {rep.seconds:.1f}s", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -176,6 +227,7 @@ def search(
     rerank_depth: RerankDepth = 20,
 ) -> None:
     """Print the top-K chunks for QUERY: rank, score, document id, snippet (hybrid scores are RRF scores)."""
+    _check_numbers(k=(k, 1, None), rrf_k=(rrf_k, 1, None), rerank_depth=(rerank_depth, 1, None))
     from tasks.retrieve import search as do_search
 
     try:
@@ -200,7 +252,11 @@ def answer(
     retriever: Retriever = DEFAULT_RETRIEVER,
     rerank: Rerank = "none",
     max_new_tokens: Annotated[int, typer.Option()] = 48,
-    gen_batch_size: Annotated[int, typer.Option(help="Prompts per generate() call")] = 16,
+    gen_batch_size: Annotated[int, typer.Option(help="Most prompts per generate() call")] = 16,
+    dtype: Dtype = "auto",
+    prompt: Prompt = None,
+    snap: Snap = True,
+    token_budget: TokenBudget = 16384,
     device: Annotated[str | None, typer.Option()] = None,
     matrix_dtype: MatrixDtype = "auto",
     rrf_k: RrfK = 60,
@@ -214,17 +270,19 @@ def answer(
     from flows.answer import run_answer
 
     try:
-        r = run_answer(questions, store, out, k=k, generator=generator, embedder=embedder, retriever=retriever,
-                       rerank=rerank, max_new_tokens=max_new_tokens, gen_batch_size=gen_batch_size, device=device,
+        gs = _generation(generator, dtype, prompt, snap, max_new_tokens, gen_batch_size, token_budget)
+        r = run_answer(questions, store, out, k=k, embedder=embedder, retriever=retriever,
+                       rerank=rerank, generation=gs, device=device,
                        retrieval_options=_retrieval_options(matrix_dtype, rrf_k, hybrid_weights, rerank_depth),
                        runner=runner, dask_address=dask_address, dask_workers=dask_workers)
     except Exception as exc:  # noqa: BLE001
         _fail(exc)
     for problem in r.question_errors:
-        err.print(f"[yellow]skipped[/] {problem}")
+        err.print(f"[yellow]skipped[/] {escape(problem)}")
     print_answers(r.rows)
     console.print(f"{r.questions} questions, {r.differ} answers changed by retrieval; "
-                  f"retrieval {r.retrieve_s:.1f}s, generation {r.generate_s:.1f}s, total {r.seconds:.1f}s → {r.out}")
+                  f"retrieval {r.retrieve_s:.1f}s, generation {r.generate_s:.1f}s, total {r.seconds:.1f}s → "
+                  f"{escape(str(r.out))}")
 
 
 @app.command()
@@ -232,6 +290,9 @@ def demo(
     k: Annotated[int, typer.Option("-k")] = 5,
     generator: Annotated[str, typer.Option()] = DEFAULT_GENERATOR,
     retriever: Retriever = DEFAULT_RETRIEVER,
+    dtype: Dtype = "auto",
+    prompt: Prompt = None,
+    snap: Snap = True,
     device: Annotated[str | None, typer.Option()] = None,
 ) -> None:
     """Fetch the demo corpus (HELM model descriptions), index it, answer the demo questions, print the table."""
@@ -246,11 +307,12 @@ def demo(
         r = run_index(corpus, store, device=device)
         console.print(f"indexed {r.documents} documents ({r.added} added, {r.changed} changed, {r.unchanged} "
                       f"unchanged, {r.removed} removed) → {r.live_chunks} chunks in {r.seconds:.1f}s")
-        a = run_answer(DEMO_QUESTIONS, store, out, k=k, generator=generator, retriever=retriever, device=device)
+        gs = _generation(generator, dtype, prompt, snap, max_new_tokens=48)
+        a = run_answer(DEMO_QUESTIONS, store, out, k=k, generation=gs, retriever=retriever, device=device)
     except Exception as exc:  # noqa: BLE001
         _fail(exc)
     print_answers(a.rows)
-    console.print(f"{a.questions} questions, {a.differ} answers changed by retrieval; results → {a.out}; "
+    console.print(f"{a.questions} questions, {a.differ} answers changed by retrieval; results → {escape(str(a.out))}; "
                   f"demo wall time {time.perf_counter() - t0:.0f}s")
 
 
@@ -275,8 +337,9 @@ def serve(
         url = require_server()
     except Exception as exc:  # noqa: BLE001
         _fail(exc)
-    console.print(f"serving index/reindex ({cron or 'no schedule'}) and answer-inbox/inbox "
-                  f"({f'every {inbox_every:g}s' if inbox_every else 'by hand'}) against {url}; Ctrl-C pauses them")
+    console.print(f"serving index/reindex ({escape(cron or 'no schedule')}) and answer-inbox/inbox "
+                  f"({f'every {inbox_every:g}s' if inbox_every else 'by hand'}) against {escape(str(url))}; "
+                  "Ctrl-C pauses them")
     serve_deployments(docs, store, inbox=inbox, results=results, cron=cron, inbox_every=inbox_every,
                       embedder=embedder, generator=generator, retriever=retriever, k=k, device=device)
 
@@ -297,6 +360,9 @@ def evaluate(
     generator: Annotated[str, typer.Option()] = DEFAULT_GENERATOR,
     embedder: Annotated[str, typer.Option()] = DEFAULT_EMBEDDER,
     max_new_tokens: Annotated[int, typer.Option()] = 32,
+    dtype: Dtype = "auto",
+    prompt: Prompt = None,
+    snap: Snap = True,
     retrieval_only: Annotated[bool, typer.Option("--retrieval-only", help="Score retrieval, generate nothing")] = False,
     device: Annotated[str | None, typer.Option()] = None,
     matrix_dtype: MatrixDtype = "auto",
@@ -310,9 +376,10 @@ def evaluate(
 
     try:
         ks = [int(x) for x in k.split(",") if x.strip()]
+        gs = _generation(generator, dtype, prompt, snap, max_new_tokens)
         r = run_eval(dataset, store, out, ks=ks, context_k=context_k, corpus=str(corpus) if corpus else None,
-                     limit=limit, sample=sample, seed=seed, retriever=retriever, rerank=rerank, generator=generator,
-                     embedder=embedder, max_new_tokens=max_new_tokens, device=device, answers=not retrieval_only,
+                     limit=limit, sample=sample, seed=seed, retriever=retriever, rerank=rerank, generation=gs,
+                     embedder=embedder, device=device, answers=not retrieval_only,
                      retrieval_options=_retrieval_options(matrix_dtype, rrf_k, hybrid_weights, rerank_depth))
     except Exception as exc:  # noqa: BLE001
         _fail(exc)
@@ -324,14 +391,14 @@ def evaluate(
         table.add_row(name, value)
     console.print(table)
     if retrieval_only:
-        console.print(f"report: {r.files.get('html')} ({r.seconds:.0f}s)")
+        console.print(f"report: {escape(str(r.files.get('html')))} ({r.seconds:.0f}s)")
         return
     console.print(f"answers that differ {s['differ']}: grounded {s['grounded']}, perturbed {s['perturbed']}, "
                   f"misled {s['misled']}; F1 improved {s['f1_improved']}, worsened {s['f1_worsened']}, "
                   f"unchanged {s['f1_unchanged']}")
     console.print(f"wrong RAG answers {s['rag_wrong']}: chunker {s['fail_chunker']}, retriever "
                   f"{s['fail_retriever']}, generator {s['fail_generator']}")
-    console.print(f"report: {r.files.get('html')} ({r.seconds:.0f}s)")
+    console.print(f"report: {escape(str(r.files.get('html')))} ({r.seconds:.0f}s)")
 
 
 def print_answers(rows: list[dict[str, Any]]) -> None:

@@ -25,7 +25,8 @@ RESULT_SCHEMA = pa.schema(
         ("scores", pa.list_(pa.float32())),
         ("chunk_texts", pa.list_(pa.string())),
         ("no_rag_answer", pa.string()),
-        ("rag_answer", pa.string()),
+        ("rag_answer", pa.string()),  # the final answer (snapped to a passage span when the run snaps)
+        ("rag_raw", pa.string()),  # what the generator said, before snapping
         ("answers_differ", pa.bool_()),
         ("generator", pa.string()),
         ("embedder", pa.string()),

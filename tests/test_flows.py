@@ -133,6 +133,32 @@ def test_answer_flow_writes_results_and_reports_bad_rows(prefect_harness, corpus
     assert config["generator"] == FAST_GENERATOR and config["k"] == 2
 
 
+def test_answer_run_records_its_generation_settings(prefect_harness, corpus, tmp_path):
+    """dtype, prompt, token budget and snapping are one typed config, saved with the run; raw output kept."""
+    from flows.answer import GenerationSettings, run_answer
+    from flows.index import run_index
+    from tasks.metrics import normalize_answer
+
+    store = tmp_path / "store"
+    run_index(corpus, store)
+    qfile = tmp_path / "q.jsonl"
+    qfile.write_text("".join(json.dumps({"id": f"q{i}", "question": q}) + "\n" for i, q in enumerate(
+        ["How many tokens was Llama 3 trained on?", "What is the capital of France?", "Which river flows north?"])))
+    out = tmp_path / "res.parquet"
+    gs = GenerationSettings(generator=FAST_GENERATOR, dtype="float32", prompt="extract", max_new_tokens=12)
+    rep = run_answer(qfile, store, out, k=2, generation=gs)
+    assert rep.dtype == "float32" and rep.prompt_tokens > 0 and rep.padding_ratio <= 1.15
+    config = json.loads((tmp_path / "res.config.json").read_text())
+    assert config["generation"]["prompt"] == "extract" and config["generation"]["dtype"] == "float32"
+    assert config["generator_dtype"] == "float32" and config["embedder_dtype"] in ("float32", "bfloat16")
+    assert config["generation_stats"]["padding_ratio"] == round(rep.padding_ratio, 3)
+    df = pl.read_parquet(out)
+    for row in df.iter_rows(named=True):
+        final, raw = row["rag_answer"], row["rag_raw"]
+        passages = normalize_answer(" ".join(row["chunk_texts"]))
+        assert final == raw or (len(final) < len(raw) and normalize_answer(final) in passages), (final, raw)
+
+
 def test_killed_answer_run_resumes_from_its_finished_batches(prefect_harness, api_env, corpus, tmp_path):
     """A run killed after its second batch (of three) redoes only the third; the table equals a clean run's."""
     from flows.answer import run_answer
