@@ -84,6 +84,16 @@ DaskWorkers = Annotated[int, typer.Option(
     "--dask-workers", help="Local Dask workers (with --dask-address: batches in flight, one per worker)")]
 
 
+def _check_output_file(out: Path) -> None:
+    """Refuse an output path that cannot take the table before any work (not after an hour of generation)."""
+    out = out.expanduser()
+    if out.is_dir():
+        _fail(typer.BadParameter(f"--out {out}: is a directory; name the .parquet file to write"))
+    parent = out.resolve().parent
+    if parent.exists() and not parent.is_dir():
+        _fail(typer.BadParameter(f"--out {out}: {parent} is not a directory"))
+
+
 def _check_numbers(**options: tuple[float, float | None, float | None]) -> None:
     """Refuse out-of-range numeric options up front, before Prefect's start-up (name=(value, low, high))."""
     for name, (value, low, high) in options.items():
@@ -269,6 +279,9 @@ def answer(
     """Answer every question with and without retrieved context; write OUT and print the table."""
     from flows.answer import run_answer
 
+    _check_numbers(k=(k, 1, None), rrf_k=(rrf_k, 1, None), rerank_depth=(rerank_depth, 1, None),
+                   dask_workers=(dask_workers, 1, None))
+    _check_output_file(out)
     try:
         gs = _generation(generator, dtype, prompt, snap, max_new_tokens, gen_batch_size, token_budget)
         r = run_answer(questions, store, out, k=k, embedder=embedder, retriever=retriever,
@@ -281,8 +294,8 @@ def answer(
         err.print(f"[yellow]skipped[/] {escape(problem)}")
     print_answers(r.rows)
     console.print(f"{r.questions} questions, {r.differ} answers changed by retrieval; "
-                  f"retrieval {r.retrieve_s:.1f}s, generation {r.generate_s:.1f}s, total {r.seconds:.1f}s → "
-                  f"{escape(str(r.out))}")
+                  f"retrieval {r.retrieve_s:.1f}s, generation {r.generate_s:.1f}s ({r.dtype or 'resumed'}, padded/"
+                  f"real prompt tokens {r.padding_ratio:.2f}), total {r.seconds:.1f}s → {escape(str(r.out))}")
 
 
 @app.command()
@@ -374,6 +387,10 @@ def evaluate(
     from flows.evaluate import run_eval
     from storage.reports import metric_table
 
+    _check_numbers(context_k=(context_k, 1, None), rrf_k=(rrf_k, 1, None), rerank_depth=(rerank_depth, 1, None),
+                   max_new_tokens=(max_new_tokens, 1, None), limit=(limit or 1, 1, None), sample=(sample or 1, 1, None))
+    if out.expanduser().is_file():
+        _fail(typer.BadParameter(f"--out {out}: is a file; eval writes a report folder"))
     try:
         ks = [int(x) for x in k.split(",") if x.strip()]
         gs = _generation(generator, dtype, prompt, snap, max_new_tokens)

@@ -229,7 +229,13 @@ def test_bad_numbers_and_paths_are_refused_with_a_message(api_env, tmp_path):
                       (["index", str(docs), "--store", str(tmp_path / "s"), "--overlap-tokens", "300"],
                        "--overlap-tokens 300: must be between 0 and 199"),
                       (["index", str(docs), "--store", str(tmp_path / "s"), "--max-removal-ratio", "2"],
-                       "--max-removal-ratio 2: must be between 0 and 1")]:
+                       "--max-removal-ratio 2: must be between 0 and 1"),
+                      (["answer", str(docs), "--store", str(tmp_path), "-k", "0"], "-k 0: must be at least 1"),
+                      (["answer", str(docs), "--store", str(tmp_path), "--out", str(docs)], "is a directory"),
+                      (["answer", str(docs), "--store", str(tmp_path), "--dtype", "fp8"], "--dtype 'fp8'"),
+                      (["answer", str(docs), "--store", str(tmp_path), "--prompt", "nope"], "unknown prompt 'nope'"),
+                      (["eval", "squad", "--store", str(tmp_path), "--context-k", "0"], "--context-k 0"),
+                      (["eval", "squad", "--store", str(tmp_path), "--out", str(docs / "a.txt")], "is a file")]:
         out = _cli(*args)
         assert out.exit_code == 2 and msg in " ".join(out.output.split()), (args, out.output)
     assert time.monotonic() - t0 < 10 and not (tmp_path / "s").exists()  # before any flow or server start-up
