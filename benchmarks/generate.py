@@ -1,7 +1,19 @@
-"""Benchmark: batched dual generation vs one ``generate`` call per prompt, same model, prompts and device.
+"""Benchmark generation, two ways.
 
-Both modes go through ``Generator.generate_ids`` (batch size 1 is the one-call-per-prompt baseline), so the
-only difference is batching. Every question gives two prompts (without and with passages), as in the flow.
+``--paths`` (issue 9): the real prompts of the demo (12 questions, hybrid top-5 over the demo store) and of
+40 SQuAD-dev questions (the prompt-tuning sample, hybrid top-5 over a SQuAD store), both arms each, through
+
+- the **old path**: float32 weights, fixed batches of 16 length-sorted prompts (no token budget);
+- the **default path**: ``dtype auto`` (bfloat16 where the CPU multiplies bf16 natively) and token-budget
+  batches with bounded padding;
+- **llama.cpp** (``xllamacpp``, a dev dependency) on the same model's original Q4_K_M GGUF, 8 parallel slots
+  with continuous batching, fed concurrently: the peer a CPU user would pick.
+
+    python benchmarks/generate.py --paths --model qwen2.5-0.5b --squad-store STORE [--skip-llamacpp]
+
+Otherwise: batched dual generation vs one ``generate`` call per prompt, same model, prompts and device. Both
+modes go through ``Generator.generate_ids`` (batch size 1 is the one-call-per-prompt baseline), so the only
+difference is batching. Every question gives two prompts (without and with passages), as in the flow.
 
     python benchmarks/generate.py --model smollm2-135m --questions 16 --batch-size 8 16 32
     python benchmarks/generate.py --model qwen2.5-0.5b --random-weights   # e.g. on a GPU without the weights
@@ -26,7 +38,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from storage.paths import models_dir  # noqa: E402
-from tasks.generate import Generator, build_messages, default_device, load_generator  # noqa: E402
+from tasks.device import default_device  # noqa: E402
+from tasks.generate import Generator, build_messages, load_generator  # noqa: E402
 from tasks.prepare import packaged_generator  # noqa: E402
 
 # Configurations of the packaged generators (as converted from their GGUFs), for --random-weights on
@@ -140,7 +153,17 @@ def main(argv: list[str] | None = None) -> None:
                     help="interleaved rounds; the best round of each mode is reported (shared machines are noisy)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--paths", action="store_true", help="old path vs default path vs llama.cpp (see above)")
+    ap.add_argument("--squad-store", help="--paths: a store indexed from SQuAD-dev")
+    ap.add_argument("--squad-questions", type=int, default=40)
+    ap.add_argument("--skip-llamacpp", action="store_true")
+    ap.add_argument("--llamacpp-slots", type=int, default=8)
     args = ap.parse_args(argv)
+    if args.paths:
+        from generate_paths import paths_main  # Prefect, retrieval, llama.cpp: only for this mode
+
+        paths_main(args)
+        return
 
     device = args.device or default_device()
     t0 = time.perf_counter()

@@ -20,12 +20,12 @@ from tasks.device import default_device, dtype_name
 from tasks.embed import embedding_dtype
 from tasks.generate import TOKEN_BUDGET, dual_generate, load_generator
 from tasks.metrics import answers_differ
+from tasks.prepare import DEFAULT_GENERATOR
 from tasks.prompts import get_prompt
 from tasks.questions import Question, QuestionLoad, load_questions
 from tasks.retrieve import SearchResult, embedder_for_store, search
 from tasks.snap import snap_answer
 
-DEFAULT_GENERATOR = "qwen2.5-coder-0.5b-instruct"
 # Hybrid by default: on the demo corpus dense MiniLM ranks Llama 2 documents above Llama 3 for
 # "How many tokens was Llama 3 trained on?" (0.654 vs 0.614); RRF with BM25 puts Llama 3 first.
 DEFAULT_RETRIEVER = "hybrid"

@@ -13,6 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from storage.paths import configure_environment, demo_dir
+from tasks.prepare import DEFAULT_GENERATOR
 
 configure_environment()
 
@@ -22,7 +23,6 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 console = Console(emoji=False)
 err = Console(stderr=True, emoji=False)
 
-DEFAULT_GENERATOR = "qwen2.5-coder-0.5b-instruct"
 DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
 
 DEFAULT_RETRIEVER = "hybrid"
