@@ -165,7 +165,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None)
     a = ap.parse_args()
 
-    from flows.runners import api_for_workers
+    from flows.runners import prefect_api
     from tasks.demo_data import DEMO_QUESTIONS, build_demo_corpus
     from tasks.embed import DEFAULT_EMBEDDER, load_embedder, resolve_embedder
     from tasks.generate import load_generator
@@ -190,7 +190,7 @@ def main() -> None:
 
     # A warm-up of both paths (first-call imports, the tokenizer, Prefect's client), not timed.
     t0 = time.perf_counter()
-    with api_for_workers():  # a local Prefect server for this process, started before any timing
+    with prefect_api():  # a local Prefect server for this process, started before any timing
         info["server_start_s"] = time.perf_counter() - t0
         store, out = fresh("warm")
         direct_index(docs, store, a.batch_docs)

@@ -186,5 +186,9 @@ def _examples(rows: list[dict[str, Any]], answers: dict[str, dict], per: int = 3
 
 
 def run_eval(dataset: str, store: str | Path, out_dir: str | Path, **kw) -> EvalReport:
-    return eval_flow(dataset, str(Path(store).expanduser().resolve()), str(Path(out_dir).expanduser().resolve()),
-                     **kw)
+    """Call the flow with absolute paths against :func:`flows.runners.prefect_api`."""
+    from flows.runners import prefect_api
+
+    with prefect_api():
+        return eval_flow(dataset, str(Path(store).expanduser().resolve()),
+                         str(Path(out_dir).expanduser().resolve()), **kw)

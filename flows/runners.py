@@ -10,6 +10,7 @@ question batch the same way, and the flow process writes each finished batch.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -20,12 +21,12 @@ RUNNERS = ("threads", "dask")
 def run_flow(flow: Any, args: tuple, kw: dict[str, Any], runner: str = "threads", address: str | None = None,
              workers: int = 2) -> Any:
     """Call ``flow(*args, **kw)`` on the chosen task runner: directly for threads; on Dask with one batch in
-    flight per worker (``parallel_batches``, unless given) and the flow's Prefect API handed to the workers."""
-    if runner == "threads" and not address:
-        return flow(*args, **kw)
-    fl = flow.with_options(task_runner=task_runner(runner, address, workers))
-    kw.setdefault("parallel_batches", parallel_batches(runner, workers))
-    with api_for_workers():
+    flight per worker (``parallel_batches``, unless given); both against :func:`prefect_api`."""
+    with prefect_api():
+        if runner == "threads" and not address:
+            return flow(*args, **kw)
+        fl = flow.with_options(task_runner=task_runner(runner, address, workers))
+        kw.setdefault("parallel_batches", parallel_batches(runner, workers))
         return fl(*args, **kw)
 
 
@@ -74,22 +75,70 @@ def parallel_batches(kind: str = "threads", workers: int = 2) -> int:
 
 
 @contextmanager
-def api_for_workers() -> Iterator[None]:
-    """Make sure task runs on Dask workers report to the flow's own Prefect API.
+def prefect_api() -> Iterator[None]:
+    """Run flows against ``PREFECT_API_URL`` when set, else against a temporary server that dies with us.
 
-    Workers receive the flow's settings with each task. With ``PREFECT_API_URL`` set that is the server's
-    URL (it must be reachable from every worker); without it, each worker process would start a temporary
-    server of its own (≈ 25 s each, and its task runs would not show with the flow run), so the flow
-    process starts its temporary server up front and hands its URL to the workers.
+    Prefect's own temporary server (what a flow starts when no API is configured) outlives a SIGKILLed parent:
+    a uvicorn of ~220 MB holding a port, re-parented to init, one more after every killed scheduled run. Ours is
+    the same server started the same way, but its process asks the kernel for SIGTERM when its parent dies
+    (``PR_SET_PDEATHSIG``, Linux). It is started once per process, stopped at exit, and its URL is also what
+    Dask workers report to: without it each worker process would start a server of its own (≈ 25 s each, and
+    its task runs would not show with the flow run).
     """
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     if PREFECT_API_URL.value():
         yield
         return
-    from prefect.server.api.server import SubprocessASGIServer
-
-    server = SubprocessASGIServer()  # the same one Prefect would start for this process (stopped at exit)
+    server = _orphan_safe_server()
     server.start()
     with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
         yield
+
+
+def _deathsig_hook() -> Any:
+    """A ``preexec_fn`` that asks for SIGTERM when the parent dies, or None off Linux.
+
+    prctl is looked up here, in the parent: the child between fork and exec must not load libraries.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+    import signal
+
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    return lambda: prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+
+
+def _orphan_safe_server() -> Any:
+    import subprocess
+
+    from prefect.server.api.server import SubprocessASGIServer
+
+    class OrphanSafeServer(SubprocessASGIServer):
+        _instances: dict = {}  # not Prefect's: its own singleton would be another, unprotected server
+
+        def _run_uvicorn_command(self) -> subprocess.Popen:
+            popen, hook = subprocess.Popen, _deathsig_hook()
+
+            def with_deathsig(*a: Any, **kw: Any) -> subprocess.Popen:
+                kw.setdefault("preexec_fn", hook)
+                return popen(*a, **kw)
+
+            # Prefect builds the uvicorn command line and environment; only the child's set-up is ours. Popen is
+            # swapped for this one call (at start-up, before any flow runs its tasks in threads).
+            subprocess.Popen = with_deathsig  # type: ignore[misc]
+            try:
+                return super()._run_uvicorn_command()
+            finally:
+                subprocess.Popen = popen  # type: ignore[misc]
+
+    global _SERVER_CLASS
+    _SERVER_CLASS = _SERVER_CLASS or OrphanSafeServer
+    return _SERVER_CLASS()
+
+
+_SERVER_CLASS: Any = None

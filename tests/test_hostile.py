@@ -284,3 +284,50 @@ def test_a_full_disk_names_the_file_and_keeps_the_previous_generation(tmp_path):
         assert st.verify() == [] and st.meta().generation == meta.generation
     finally:
         subprocess.run(["umount", str(tiny)], check=False)
+
+
+def _children(pid: int) -> list[tuple[int, str]]:
+    """(pid, command line) of the live children of ``pid``, from /proc."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmd = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            out.append((int(stat.parent.name), cmd))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return (Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]) != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_killed_cli_takes_its_temporary_prefect_server_with_it(tmp_path):
+    """Finding 7: SIGKILL the CLI while its temporary Prefect server runs; the server must be gone in seconds."""
+    docs = write_corpus(tmp_path / "docs", {"a.txt": "Alpha is the first letter.", "b.txt": "Beta is second."})
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env.update(PREFECT_HOME=str(tmp_path / "prefect"), PYTHONPATH=str(ROOT))
+    cli = subprocess.Popen([sys.executable, "-m", "ragbatch.cli", "index", str(docs), "--store", str(tmp_path / "s")],
+                           env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline, servers = time.monotonic() + 120, []
+        while not servers and time.monotonic() < deadline and cli.poll() is None:
+            servers = [pid for pid, cmd in _children(cli.pid) if "uvicorn" in cmd]
+            time.sleep(0.2)
+        assert servers, "the CLI never started its temporary Prefect server"
+    finally:
+        cli.send_signal(signal.SIGKILL)
+        cli.wait()
+    deadline = time.monotonic() + 10
+    while any(map(_alive, servers)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    leftover = [p for p in servers if _alive(p)]
+    for p in leftover:
+        os.kill(p, signal.SIGKILL)
+    assert not leftover, "the temporary Prefect server outlived the killed CLI"
