@@ -14,6 +14,9 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 python -c "import torch" 2>/dev/null || python -m pip install -q "${TORCH_SPEC:-torch==2.13.0}"
 python -m pip install -q -c constraints.txt -e ".[dev]"
 if [ "${SKIP_MODELS:-0}" != "1" ]; then
-  ragbatch setup --generator qwen2.5-coder-0.5b-instruct
+  # the default generator (answer, eval, demo), the fast one (the slow test) and the plumbing-test one,
+  # each stored in the dtype this machine runs it in
+  ragbatch setup --generator qwen2.5-coder-1.5b-instruct
+  ragbatch setup --generator qwen2.5-coder-0.5b-instruct --no-demo
   ragbatch setup --generator smollm2-135m-instruct --no-demo
 fi

