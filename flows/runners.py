@@ -10,10 +10,13 @@ question batch the same way, and the flow process writes each finished batch.
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
+
+from prefect.server.api.server import SubprocessASGIServer
 
 RUNNERS = ("threads", "dask")
 
@@ -90,7 +93,7 @@ def prefect_api() -> Iterator[None]:
     if PREFECT_API_URL.value():
         yield
         return
-    server = _orphan_safe_server()
+    server = _OrphanSafeServer()
     server.start()
     with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
         yield
@@ -113,32 +116,22 @@ def _deathsig_hook() -> Any:
     return lambda: prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
 
 
-def _orphan_safe_server() -> Any:
-    import subprocess
+class _OrphanSafeServer(SubprocessASGIServer):
+    """Prefect's temporary server, whose process gets SIGTERM when ours dies (see :func:`prefect_api`)."""
 
-    from prefect.server.api.server import SubprocessASGIServer
+    _instances: dict = {}  # not Prefect's: its own singleton would be another, unprotected server
 
-    class OrphanSafeServer(SubprocessASGIServer):
-        _instances: dict = {}  # not Prefect's: its own singleton would be another, unprotected server
+    def _run_uvicorn_command(self) -> subprocess.Popen:
+        popen, hook = subprocess.Popen, _deathsig_hook()
 
-        def _run_uvicorn_command(self) -> subprocess.Popen:
-            popen, hook = subprocess.Popen, _deathsig_hook()
+        def with_deathsig(*a: Any, **kw: Any) -> subprocess.Popen:
+            kw.setdefault("preexec_fn", hook)
+            return popen(*a, **kw)
 
-            def with_deathsig(*a: Any, **kw: Any) -> subprocess.Popen:
-                kw.setdefault("preexec_fn", hook)
-                return popen(*a, **kw)
-
-            # Prefect builds the uvicorn command line and environment; only the child's set-up is ours. Popen is
-            # swapped for this one call (at start-up, before any flow runs its tasks in threads).
-            subprocess.Popen = with_deathsig  # type: ignore[misc]
-            try:
-                return super()._run_uvicorn_command()
-            finally:
-                subprocess.Popen = popen  # type: ignore[misc]
-
-    global _SERVER_CLASS
-    _SERVER_CLASS = _SERVER_CLASS or OrphanSafeServer
-    return _SERVER_CLASS()
-
-
-_SERVER_CLASS: Any = None
+        # Prefect builds the uvicorn command line and environment; only the child's set-up is ours. Popen is
+        # swapped for this one call (at start-up, before any flow runs its tasks in threads).
+        subprocess.Popen = with_deathsig  # type: ignore[misc]
+        try:
+            return super()._run_uvicorn_command()
+        finally:
+            subprocess.Popen = popen  # type: ignore[misc]
