@@ -17,12 +17,15 @@ from storage.store import CompactReport, Store
 from tasks.chunk import ChunkSettings
 from tasks.embed import DEFAULT_EMBEDDER, EmbedderConfig, resolve_embedder
 from tasks.indexing import (
+    BATCH_CHARS,
     BatchResult,
     IndexPlan,
     MassRemovalError,
     chunk_and_embed,
     compact_if_needed,
     compaction_due,
+    large_documents,
+    plan_batches,
     plan_index,
     removal_refusal,
 )
@@ -119,6 +122,7 @@ def index_flow(
     chunk_tokens: int = 200,
     overlap_tokens: int = 32,
     batch_docs: int = 256,
+    batch_chars: int = BATCH_CHARS,
     device: str | None = None,
     dry_run: bool = False,
     lock_wait_s: float = 0.0,
@@ -159,7 +163,9 @@ def index_flow(
             st.collect_garbage()  # files of a killed run (uncommitted shards, temp files)
         by_id = {d.doc_id: d for d in loaded.documents}
         todo = [by_id[i] for i in plan.to_embed]
-        batches = [todo[i : i + batch_docs] for i in range(0, len(todo), batch_docs)]
+        for warning in large_documents(todo):
+            logger.warning(warning)
+        batches = plan_batches(todo, batch_docs, batch_chars)
         fp, dim = config.fingerprint, config.dim
         if plan.rebuild_reason:
             # Another embedder: vectors must not mix, so the switch is one commit at the very end.

@@ -144,6 +144,8 @@ def index(
     chunk_tokens: Annotated[int, typer.Option(help="Chunk size in embedder tokens")] = 200,
     overlap_tokens: Annotated[int, typer.Option(help="Overlap between chunks, tokens")] = 32,
     batch_docs: Annotated[int, typer.Option(help="Documents per batch (one shard, one commit)")] = 256,
+    batch_chars: Annotated[int | None, typer.Option(help="Characters of text per batch (default 4,000,000); a "
+                                                    "larger document is a batch of its own")] = None,
     device: Annotated[str | None, typer.Option(help="cuda / cpu (default: cuda when present)")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the diff, change nothing")] = False,
     wait: Annotated[float, typer.Option(help="Seconds to wait for another writer's lock")] = 0.0,
@@ -162,6 +164,7 @@ def index(
     """Index DOCS_DIR into STORE (incremental: only added or changed documents are embedded)."""
     _check_numbers(chunk_tokens=(chunk_tokens, 1, None), overlap_tokens=(overlap_tokens, 0, chunk_tokens - 1),
                    batch_docs=(batch_docs, 1, None), wait=(wait, 0, None), dask_workers=(dask_workers, 1, None),
+                   batch_chars=(1 if batch_chars is None else batch_chars, 1, None),
                    compact_dead_ratio=(compact_dead_ratio, 0, 1), max_removal_ratio=(max_removal_ratio, 0, 1))
     from flows.index import run_index
 
@@ -170,7 +173,8 @@ def index(
                       batch_docs=batch_docs, device=device, dry_run=dry_run, lock_wait_s=wait,
                       compact_dead_ratio=compact_dead_ratio, runner=runner, dask_address=dask_address,
                       dask_workers=dask_workers, max_removal_ratio=max_removal_ratio,
-                      allow_mass_removal=allow_mass_removal, follow_symlinks=follow_symlinks)
+                      allow_mass_removal=allow_mass_removal, follow_symlinks=follow_symlinks,
+                      **({} if batch_chars is None else {"batch_chars": batch_chars}))
     except Exception as exc:  # noqa: BLE001
         _fail(exc)
     for problem in r.skipped_files:

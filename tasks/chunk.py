@@ -65,6 +65,9 @@ def check_settings(settings: ChunkSettings, tokenizer: Any, max_length: int, pas
         )
 
 
+WINDOW_CHARS = 200_000  # text tokenized at a time: bounds memory on huge documents (issue 10: 50 MB took 5 GB)
+
+
 def chunk_text(
     doc_id: str,
     doc_sha256: str,
@@ -73,14 +76,46 @@ def chunk_text(
     settings: ChunkSettings,
     max_length: int,
     passage_prefix: str = "",
+    window_chars: int = WINDOW_CHARS,
 ) -> list[Chunk]:
+    """Chunks of ``text``, tokenized ``window_chars`` at a time so memory stays bounded whatever its size.
+
+    A window ends at whitespace; chunking stops two chunks short of its end and the next window starts
+    where the next chunk would have, so the windows give the chunks of one whole-text pass.
+    """
     check_settings(settings, tokenizer, max_length, passage_prefix)
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
-    offsets: list[tuple[int, int]] = [tuple(o) for o in enc["offset_mapping"]]
-    n = len(offsets)
     chunks: list[Chunk] = []
+    pos = 0
+    while pos is not None and pos < len(text):
+        wend = _window_end(text, pos, window_chars)
+        enc = tokenizer(text[pos:wend], add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+        offsets = [(a + pos, b + pos) for a, b in enc["offset_mapping"]]
+        pos = _chunk_window(chunks, offsets, wend, wend >= len(text), doc_id, doc_sha256, text, tokenizer,
+                            settings, max_length, passage_prefix)
+    return chunks
+
+
+def _window_end(text: str, pos: int, window_chars: int) -> int:
+    """End of the window from ``pos``: the first whitespace after ``window_chars`` (or a hard cut further on)."""
+    end = pos + window_chars
+    if end >= len(text):
+        return len(text)
+    for i in range(end, min(len(text), end + window_chars)):
+        if text[i].isspace():
+            return i
+    return min(len(text), end + window_chars)
+
+
+def _chunk_window(
+    chunks: list[Chunk], offsets: list[tuple[int, int]], wend: int, last: bool, doc_id: str, doc_sha256: str, text: str,
+    tokenizer: Any, settings: ChunkSettings, max_length: int, passage_prefix: str,
+) -> int | None:
+    """Append the window's chunks; return the char where the next window starts (``None``: text done)."""
+    n = len(offsets)
     start = 0
     while start < n:
+        if not last and start > 0 and n - start < 2 * settings.chunk_tokens:
+            return offsets[start][0]  # too close to the window's end: the next window re-tokenizes from here
         end = min(start + settings.chunk_tokens, n)
         if end < n:
             end = _word_boundary_before(offsets, start, end, slack=max(1, settings.chunk_tokens // 8))
@@ -100,7 +135,7 @@ def chunk_text(
             break
         nxt = max(end - settings.overlap_tokens, start + 1)
         start = _word_boundary_after(offsets, nxt, end)
-    return chunks
+    return None if last else wend
 
 
 def _word_boundary_before(offsets: list[tuple[int, int]], start: int, end: int, slack: int) -> int:

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
 POOLINGS = ("cls", "mean", "max", "lasttoken")
+GROUP_TEXTS = 4096  # texts tokenized at once: a 50 MB document's chunks need not all be token ids together
 PRESETS_FILE = Path(__file__).with_name("embedder_presets.toml")
 # `auto` embeds in bfloat16 on CPUs with native bf16: measured on SQuAD-dev (benchmarks/embed_dtype.py), cosine to
 # float32 >= 0.99991 on every row, recall@10 0.9195 vs 0.9185, 2.3x faster (benchmarks/RESULTS.md).
@@ -231,7 +232,7 @@ class Embedder:
         max_batch: int = 256,
         progress: bool = False,
     ) -> torch.Tensor:
-        """Embed texts: tokenized once, sorted by length, batched by a token budget, pooled, normalized.
+        """Embed texts: tokenized ``GROUP_TEXTS`` at a time, sorted by length, batched by tokens, pooled, normalized.
 
         Passages (``truncate=False``) longer than the max length raise instead of being cut silently.
         Returns float32 rows on the CPU, in input order.
@@ -239,6 +240,20 @@ class Embedder:
         if not texts:
             return torch.empty(0, self.config.dim)
         t0 = time.perf_counter()
+        out = torch.empty(len(texts), self.config.dim, dtype=torch.float32)
+        bar = tqdm(total=len(texts), desc="embed", unit="chunk", disable=not progress, leave=False)
+        for g in range(0, len(texts), GROUP_TEXTS):  # token ids of one group at a time: memory stays bounded
+            out[g : g + GROUP_TEXTS] = self._encode_group(texts[g : g + GROUP_TEXTS], prefix, truncate, batch_tokens,
+                                                          max_batch, bar, g)
+        bar.close()
+        if self.config.normalize:
+            out = torch.nn.functional.normalize(out, dim=-1)
+        secs = time.perf_counter() - t0
+        self.last_stats = {"texts": len(texts), "seconds": secs, "per_s": len(texts) / max(secs, 1e-9)}
+        return out
+
+    def _encode_group(self, texts: list[str], prefix: str, truncate: bool, batch_tokens: int, max_batch: int,
+                      bar: tqdm, first: int) -> torch.Tensor:
         ml = self.config.max_length
         enc = self.tokenizer(
             [prefix + t for t in texts], add_special_tokens=True, truncation=False, verbose=False
@@ -248,14 +263,13 @@ class Embedder:
             i = too_long[0]
             raise EmbedderConfigError(
                 f"{len(too_long)} passage(s) exceed the embedder's max length {ml} tokens "
-                f"(first: #{i}, {len(enc[i])} tokens); chunk them smaller instead of truncating"
+                f"(first: #{first + i}, {len(enc[i])} tokens); chunk them smaller instead of truncating"
             )
         if too_long:
             log.warning("%d queries truncated to %d tokens", len(too_long), ml)
             enc = [ids[: ml - 1] + ids[-1:] if len(ids) > ml else ids for ids in enc]
         order = sorted(range(len(enc)), key=lambda i: -len(enc[i]))
         out = torch.empty(len(texts), self.config.dim, dtype=torch.float32)
-        bar = tqdm(total=len(texts), desc="embed", unit="chunk", disable=not progress, leave=False)
         pos = 0
         pad_id = self.tokenizer.pad_token_id or 0
         while pos < len(order):
@@ -272,11 +286,6 @@ class Embedder:
             out[idx] = self._pool(hidden, mask).float().cpu()
             pos += n
             bar.update(n)
-        bar.close()
-        if self.config.normalize:
-            out = torch.nn.functional.normalize(out, dim=-1)
-        secs = time.perf_counter() - t0
-        self.last_stats = {"texts": len(texts), "seconds": secs, "per_s": len(texts) / max(secs, 1e-9)}
         return out
 
     def _pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

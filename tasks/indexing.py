@@ -123,6 +123,36 @@ class BatchResult:
     embed_per_s: float
 
 
+BATCH_CHARS = 4_000_000  # text per batch: a huge document is embedded and committed on its own
+LARGE_DOCUMENT_CHARS = 10_000_000  # warn above this: such a document is one long batch (~3 min per MB on 2 cores)
+
+
+def plan_batches(documents: list[Document], batch_docs: int, batch_chars: int = BATCH_CHARS) -> list[list[Document]]:
+    """Consecutive batches of at most ``batch_docs`` documents and ``batch_chars`` characters.
+
+    A document larger than ``batch_chars`` gets a batch (shard, commit) of its own, so the small files
+    around it are committed first and a kill during its long embedding loses only it.
+    """
+    batches: list[list[Document]] = []
+    cur: list[Document] = []
+    chars = 0
+    for doc in documents:
+        if cur and (len(cur) >= batch_docs or chars + len(doc.text) > batch_chars):
+            batches.append(cur)
+            cur, chars = [], 0
+        cur.append(doc)
+        chars += len(doc.text)
+    if cur:
+        batches.append(cur)
+    return batches
+
+
+def large_documents(documents: list[Document], limit: int = LARGE_DOCUMENT_CHARS) -> list[str]:
+    """Warnings for documents over ``limit`` characters: what they cost, before the run spends it."""
+    return [f"{d.path}: {len(d.text) / 1e6:.1f} M characters, embedded as one batch of its own; this takes long "
+            f"and nothing of it is committed until it is done" for d in documents if len(d.text) > limit]
+
+
 def chunk_and_embed(
     store: Store,
     documents: list[Document],

@@ -68,3 +68,14 @@ def test_short_and_whitespace_documents(minilm, minilm_model):
     one = chunk_text("d", "s", "Just one line.", tok, ChunkSettings(), minilm.max_length)
     assert [(c.text, c.char_start, c.char_end) for c in one] == [("Just one line.", 0, 14)]
     assert chunk_text("d", "s", "   \n ", tok, ChunkSettings(), minilm.max_length) == []
+
+
+@pytest.mark.parametrize("window", [3000, 900])
+def test_windowed_tokenization_gives_the_chunks_of_one_pass(minilm, minilm_model, window):
+    """Huge documents are tokenized a window at a time (bounded memory): the chunks must not change."""
+    text = "\n\n".join(_long_text(400, seed) for seed in range(6)) + "   trailing " + "x" * 300
+    args = ("d", "h", text, minilm_model.tokenizer, ChunkSettings(64, 16), minilm.max_length, minilm.passage_prefix)
+    whole = chunk_text(*args, window_chars=10**9)
+    windowed = chunk_text(*args, window_chars=window)
+    assert len(whole) > 20
+    assert [c.__dict__ for c in windowed] == [c.__dict__ for c in whole]

@@ -331,3 +331,33 @@ def test_a_killed_cli_takes_its_temporary_prefect_server_with_it(tmp_path):
     for p in leftover:
         os.kill(p, signal.SIGKILL)
     assert not leftover, "the temporary Prefect server outlived the killed CLI"
+
+
+def test_a_huge_document_is_a_batch_of_its_own(prefect_harness, api_env, tmp_path):
+    """Issue 10 finding 6: the small files around a huge document are committed before it, and survive a kill."""
+    from tasks.indexing import large_documents, plan_batches
+    from tasks.load import load_documents
+
+    small = {f"{c}.txt": f"Small note {c}: the {c} key opens the shed." for c in "abcd"}
+    big = " ".join(f"Paragraph {i} of the big report mentions ledger entry {i * 7}." for i in range(1500))
+    docs = write_corpus(tmp_path / "docs", {**small, "big.txt": big})
+    loaded = load_documents(docs).documents
+    batches = plan_batches(loaded, batch_docs=256, batch_chars=20_000)
+    assert [[d.doc_id for d in b] for b in batches] == [["a.txt", "b.txt"], ["big.txt"], ["c.txt", "d.txt"]]
+    assert plan_batches(loaded, batch_docs=3, batch_chars=10**9)[0] == loaded[:3]  # the document count still caps
+    (warning,) = large_documents(loaded, limit=50_000)
+    assert "big.txt" in warning and "one batch of its own" in warning
+
+    # Killed while the big document's shard is written: the two small files before it are committed.
+    store = tmp_path / "store"
+    cmd = [sys.executable, "-m", "ragbatch.cli", "index", str(docs), "--store", str(store), "--batch-chars", "20000"]
+    proc = subprocess.run(cmd, env=dict(api_env, **{KILL_ENV: "mid-shard:2"}), cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert {r["doc_id"] for r in Store(store).manifest().to_pylist()} == {"a.txt", "b.txt"}
+    assert Store(store).verify() == []
+    proc = subprocess.run(cmd, env=api_env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    shards = {r["doc_id"]: r["shard"] for r in Store(store).manifest().to_pylist()}
+    assert len(shards) == 5 and len(set(shards.values())) == 3 and shards["big.txt"] not in {shards["a.txt"],
+                                                                                             shards["c.txt"]}
