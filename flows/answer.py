@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from flows.naming import run_name
+from storage.report_html import report_path, write_answer_report
 from storage.results import ResultParts, write_results
 from storage.store import Store
 from tasks.device import default_device, dtype_name
@@ -23,6 +24,7 @@ from tasks.metrics import answers_differ
 from tasks.prepare import DEFAULT_GENERATOR
 from tasks.prompts import get_prompt
 from tasks.questions import Question, QuestionLoad, load_questions
+from tasks.report import build_report
 from tasks.retrieve import SearchResult, embedder_for_store, search
 from tasks.snap import snap_answer
 
@@ -45,6 +47,7 @@ class AnswerReport:
     padded_tokens: int = 0  # prompt tokens including padding: padded / real is the wasted prefill
     new_tokens: int = 0
     dtype: str = ""  # the generator's dtype
+    report: str = ""  # RESULTS.report.html
     rows: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -106,6 +109,7 @@ class BatchAnswers:
     retrieve_s: float
     generate_s: float
     stats: dict[str, Any]
+    dense: list[list[float]] = field(default_factory=list)  # dense cosine of each hit, whatever ranked it
 
 
 @task(name="generate-batch", cache_policy=NO_CACHE)
@@ -134,13 +138,33 @@ def answer_batch_task(
 ) -> BatchAnswers:
     """Retrieve and answer one batch (one unit of work for a task runner: on Dask, one worker's)."""
     hits, t_ret = retrieve_task(store, questions, k, embedder, device, retriever, rerank, options)
+    if retriever == "dense" and (not rerank or rerank == "none"):
+        dense = [h.scores for h in hits]  # already cosines
+    else:  # RRF, BM25 and reranker scores mean nothing to a reader: the report shows the cosine beside them
+        from tasks.cosines import dense_cosines
+
+        dense = dense_cosines(store, [q.question for q in questions], [h.chunk_ids for h in hits], embedder, device,
+                              (options or {}).get("matrix_dtype"))
     no_rag, rag, raw, stats, t_gen = generate_task(settings, questions, hits, device)
-    return BatchAnswers(hits, no_rag, rag, raw, t_ret, t_gen, stats)
+    return BatchAnswers(hits, no_rag, rag, raw, t_ret, t_gen, stats, dense)
 
 
 @task(name="write-results", cache_policy=NO_CACHE)
 def write_task(out: str, rows: list[dict[str, Any]], config: dict[str, Any]) -> str:
     return str(write_results(out, rows, config))
+
+
+@task(name="write-report", cache_policy=NO_CACHE)
+def report_task(out: str, rows: list[dict[str, Any]], config: dict[str, Any],
+                labels: dict[str, dict[str, Any]] | None = None) -> tuple[str, list[tuple[str, str]]]:
+    """RESULTS.report.html beside the table (tasks/report.py prepares, storage/report_html.py renders); returns
+    its path and the summary rows."""
+    t0 = time.perf_counter()
+    report = build_report(rows, config, labels, title=Path(out).name)
+    path = write_answer_report(report_path(out), report)
+    get_run_logger().info("report %s (%d questions, %.1f MB) in %.1fs", path, len(rows),
+                          path.stat().st_size / 1e6, time.perf_counter() - t0)
+    return str(path), report["summary_rows"]
 
 
 
@@ -199,11 +223,13 @@ def answer_flow(
         slots[slot] = [{
             "question_id": q.id, "question": q.question, "source": q.source,
             "gold_answers": list(q.answers), "chunk_ids": h.chunk_ids, "doc_ids": h.doc_ids,
-            "scores": h.scores, "chunk_texts": h.texts, "no_rag_answer": a0, "rag_answer": a1, "rag_raw": raw,
+            "scores": h.scores, "dense_scores": d, "chunk_texts": h.texts, "no_rag_answer": a0, "rag_answer": a1,
+            "rag_raw": raw,
             "answers_differ": answers_differ(a0, a1), "generator": generator, "embedder": config.name,
             "retriever": retriever + (f"+{rerank}" if rerank and rerank != "none" else ""), "k": k,
             "retrieve_s": b.retrieve_s / len(batch), "generate_s": b.generate_s / len(batch),
-        } for q, h, a0, a1, raw in zip(batch, b.hits, b.no_rag, b.rag, b.rag_raw, strict=True)]
+        } for q, h, a0, a1, raw, d in zip(batch, b.hits, b.no_rag, b.rag, b.rag_raw, b.dense or [None] * len(batch),
+                                          strict=True)]
         parts.put(key, slots[slot])  # durable: a killed run resumes after this batch
 
     for i in range(0, len(qs), batch_questions):
@@ -240,19 +266,33 @@ def answer_flow(
     logger.info("%d questions answered, %d changed by retrieval, %.1fs → %s; generator %s, padded/real prompt "
                 "tokens %.3f", report.questions, report.differ, report.seconds, report.out, report.dtype,
                 report.padding_ratio)
-    create_markdown_artifact(key="answers", markdown=answers_markdown(rows),
+    report.report, summary_rows = report_task(report.out, rows, run_config)
+    create_markdown_artifact(key="answers", markdown=answers_markdown(rows, report=report.report),
                              description=f"With/without retrieval: {report.out}")
+    create_table_artifact(key="answers-summary", table=[{"measure": n, "value": v} for n, v in summary_rows],
+                          description=f"What retrieval changed: {report.out}")
     return report
 
 
-def answers_markdown(rows: list[dict[str, Any]], limit: int = 50) -> str:
-    """A Markdown table of the with/without answers (for the Prefect UI); every cell escaped (storage/escape.py)."""
-    from storage.escape import md_text
+def answers_markdown(rows: list[dict[str, Any]], limit: int = 50, report: str | None = None) -> str:
+    """A Markdown table of the with/without answers (for the Prefect UI); every cell escaped (storage/escape.py).
+
+    ``report``: the HTML report's path, linked above the table (a browser opens it from a file:// link only when
+    the UI itself is not served over http, so the path is shown too).
+    """
+    from urllib.parse import quote
+
+    from storage.escape import md_code, md_text
 
     def cell(s: str) -> str:
         return md_text(s, limit=120)
 
-    lines = ["| id | question | without retrieval | with retrieval | differ | top doc |", "|---|---|---|---|---|---|"]
+    lines = []
+    if report:
+        url = "file://" + quote(str(Path(report).resolve()))
+        lines += [f"Every question with both answers, the diff and the passages: [the report]({url}) "
+                  f"{md_code(report)}", ""]
+    lines += ["| id | question | without retrieval | with retrieval | differ | top doc |", "|---|---|---|---|---|---|"]
     for r in rows[:limit]:
         top = r["doc_ids"][0] if r["doc_ids"] else ""
         lines.append(f"| {cell(r['question_id'])} | {cell(r['question'])} | {cell(r['no_rag_answer'])} | "

@@ -13,7 +13,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from flows.answer import DEFAULT_GENERATOR, DEFAULT_RETRIEVER, GenerationSettings, answer_flow
+from flows.answer import DEFAULT_GENERATOR, DEFAULT_RETRIEVER, GenerationSettings, answer_flow, report_task
 from flows.index import index_flow
 from flows.naming import run_name
 from storage.atomic import write_bytes_atomic
@@ -165,7 +165,11 @@ def eval_flow(
               "documents": ds.documents, "index": {"added": idx.added, "changed": idx.changed,
                                                    "unchanged": idx.unchanged, "removed": idx.removed},
               "created_at": datetime.now().isoformat()}
-    files = write_eval_report(out, rows, summary, curve, examples, config)
+    answer_report = ""
+    if ans:  # the answer run's page again, now with eval's verdicts and diagnoses (it knows the whole index)
+        labels = {r["question_id"]: {k: r[k] for k in ("verdict", "failure_stage", "failure_detail")} for r in rows}
+        answer_report = Path(report_task(ans.out, list(by_id.values()), config, labels)[0]).name
+    files = write_eval_report(out, rows, summary, curve, examples, config, answer_report)
     create_table_artifact(key="eval-metrics", table=[{"metric": k, "value": v} for k, v in metric_table(summary)],
                           description=f"Evaluation of {ds.name} ({len(rows)} questions)")
     get_run_logger().info("evaluation: %s", {k: round(v, 3) if isinstance(v, float) else v

@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from ragbatch.show import show
 from storage.paths import configure_environment, demo_dir
 from tasks.prepare import DEFAULT_GENERATOR
 
@@ -307,6 +308,7 @@ def answer(
     console.print(f"{r.questions} questions, {r.differ} answers changed by retrieval; "
                   f"retrieval {r.retrieve_s:.1f}s, generation {r.generate_s:.1f}s ({r.dtype or 'resumed'}, padded/"
                   f"real prompt tokens {r.padding_ratio:.2f}), total {r.seconds:.1f}s → {escape(str(r.out))}")
+    console.print(f"report: {escape(r.report)}", soft_wrap=True)
 
 
 @app.command()
@@ -338,6 +340,7 @@ def demo(
     print_answers(a.rows)
     console.print(f"{a.questions} questions, {a.differ} answers changed by retrieval; results → {escape(str(a.out))}; "
                   f"demo wall time {time.perf_counter() - t0:.0f}s")
+    console.print(f"report: {escape(a.report)}", soft_wrap=True)  # last: the page to open
 
 
 @app.command()
@@ -427,6 +430,9 @@ def evaluate(
     console.print(f"wrong RAG answers {s['rag_wrong']}: chunker {s['fail_chunker']}, retriever "
                   f"{s['fail_retriever']}, generator {s['fail_generator']}")
     console.print(f"report: {escape(str(r.files.get('html')))} ({r.seconds:.0f}s)")
+
+
+app.command("show")(show)  # ragbatch/show.py: the report's cards in the terminal
 
 
 def print_answers(rows: list[dict[str, Any]]) -> None:

@@ -1,9 +1,11 @@
-"""Evaluation reports: a per-question Parquet table, a Markdown summary, a self-contained HTML page, PNG plots."""
+"""Evaluation reports: a per-question Parquet table, a Markdown summary, a self-contained HTML page, PNG plots.
+
+The HTML page is rendered from a Jinja2 template (storage/report_html.py); this module prepares its data.
+"""
 
 from __future__ import annotations
 
 import base64
-import html
 import io
 import json
 from pathlib import Path
@@ -14,6 +16,7 @@ import pyarrow.parquet as pq
 
 from storage.atomic import atomic_path, write_bytes_atomic, write_json_atomic
 from storage.escape import md_code, md_text
+from storage.report_html import render
 
 VERDICTS = ("grounded", "perturbed", "misled")
 STAGES = ("chunker", "retriever", "generator")
@@ -26,7 +29,9 @@ def write_eval_report(
     curve: list[float],
     examples: dict[str, list[dict[str, Any]]],
     config: dict[str, Any],
+    answer_report: str = "",
 ) -> dict[str, Path]:
+    """Write every file of an eval report; ``answer_report`` names the answer run's page to link to."""
     out = Path(out_dir).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
     paths = {
@@ -52,7 +57,8 @@ def write_eval_report(
     write_json_atomic(paths["config"], config)
     md = summary_markdown(summary, examples, config)
     write_bytes_atomic(paths["summary_md"], md.encode())
-    write_bytes_atomic(paths["html"], _html(summary, examples, config, recall_png, failures_png).encode())
+    write_bytes_atomic(paths["html"], _html(summary, examples, config, recall_png, failures_png,
+                                                  answer_report).encode())
     return paths
 
 
@@ -114,11 +120,6 @@ def summary_markdown(summary: dict[str, Any], examples: dict[str, list[dict[str,
     return "\n".join(lines)
 
 
-def _clip(text: str, n: int = 240) -> str:
-    t = " ".join(text.split())
-    return t if len(t) <= n else t[:n] + "…"
-
-
 def _png(fig) -> bytes:
     import matplotlib.pyplot as plt
 
@@ -161,49 +162,13 @@ def _failure_plot(summary: dict[str, Any]) -> bytes:
     return _png(fig)
 
 
-def _html(summary, examples, config, recall_png: bytes, failures_png: bytes) -> str:
-    def img(data: bytes, alt: str) -> str:
-        return f'<img alt="{alt}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
+def _html(summary, examples, config, recall_png: bytes, failures_png: bytes, answer_report: str = "") -> str:
+    """The page, rendered from storage/templates/eval.html.j2 (autoescaped); this only prepares its data."""
+    def src(data: bytes) -> str:
+        return f"data:image/png;base64,{base64.b64encode(data).decode()}"
 
-    e = html.escape
-    if "rag_em" not in summary:
-        rows = "".join(f"<tr><td>{e(k)}</td><td>{e(v)}</td></tr>" for k, v in metric_table(summary))
-        return (f"<!doctype html><html><head><meta charset='utf-8'><title>ragbatch evaluation</title></head>"
-                f"<body style='font-family:system-ui;max-width:960px;margin:2em auto'><h1>ragbatch evaluation: "
-                f"{e(str(config.get('dataset', '')))}</h1><p>{summary['questions']} questions, retrieval only "
-                f"(retriever <code>{e(str(config.get('retriever')))}</code>).</p><table border=1 cellpadding=4>"
-                f"<tr><th>metric</th><th>value</th></tr>{rows}</table>{img(recall_png, 'recall@k')}"
-                f"<pre>{e(json.dumps(config, indent=2, default=str))}</pre></body></html>")
-    rows = "".join(f"<tr><td>{e(k)}</td><td>{e(v)}</td></tr>" for k, v in metric_table(summary))
-    change = (f"<tr><td>token F1</td><td>{summary['f1_improved']}</td><td>{summary['f1_worsened']}</td>"
-              f"<td>{summary['f1_unchanged']}</td></tr><tr><td>exact match</td><td>{summary['em_improved']}</td>"
-              f"<td>{summary['em_worsened']}</td><td>{summary['em_unchanged']}</td></tr>")
-    ex_html = ""
-    for v in VERDICTS:
-        ex_html += f"<h2>Examples: {v}</h2>"
-        if not examples.get(v):
-            ex_html += "<p>(none)</p>"
-        for ex in examples.get(v, []):
-            chunks = "".join(f"<li><code>{e(cid)}</code> {e(_clip(t, 400))}</li>" for cid, t in ex["chunks"])
-            ex_html += (f"<div class=ex><b>{e(ex['question'])}</b> <span class=gold>gold: "
-                        f"{e(' | '.join(ex['gold_answers'][:3]))}</span><br>without retrieval: "
-                        f"<q>{e(ex['no_rag_answer'])}</q><br>with retrieval: <q>{e(ex['rag_answer'])}</q>"
-                        f"<ol>{chunks}</ol></div>")
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>ragbatch evaluation</title>
-<style>body{{font-family:system-ui,sans-serif;max-width:960px;margin:2em auto;padding:0 1em}}
-table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px}}.ex{{margin:1em 0}}
-.gold{{color:#476}}img{{max-width:48%}}code{{font-size:90%}}</style></head><body>
-<h1>ragbatch evaluation: {e(str(config.get('dataset', '')))}</h1>
-<p>{summary['questions']} questions; retriever <code>{e(str(config.get('retriever')))}</code>, embedder
-<code>{e(str(config.get('embedder')))}</code>, generator <code>{e(str(config.get('generator')))}</code>
-({e(_generation(config))}), k = {e(str(config.get('context_k')))}.</p>
-<table><tr><th>metric</th><th>value</th></tr>{rows}</table>
-<h2>What retrieval changed</h2><p>Answers that differ: {summary['differ']} — grounded {summary['grounded']},
-perturbed {summary['perturbed']}, misled {summary['misled']}.</p>
-<table><tr><th>by</th><th>improved</th><th>worsened</th><th>unchanged</th></tr>{change}</table>
-<h2>Where wrong RAG answers broke</h2><p>{summary['rag_wrong']} wrong: chunker {summary['fail_chunker']},
-retriever {summary['fail_retriever']}, generator {summary['fail_generator']}.</p>
-{img(recall_png, "recall@k")} {img(failures_png, "failures by stage")}
-{ex_html}
-<details><summary>run configuration</summary><pre>{e(json.dumps(config, indent=2, default=str))}</pre></details>
-</body></html>"""
+    answers = "rag_em" in summary
+    images = [("recall@k", src(recall_png))] + ([("failures by stage", src(failures_png))] if answers else [])
+    return render("eval.html.j2", summary=summary, config=config, answers=answers, metrics=metric_table(summary),
+                  generation=_generation(config), images=images, examples=examples, verdicts=VERDICTS,
+                  answer_report=answer_report, config_json=json.dumps(config, indent=2, default=str))

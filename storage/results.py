@@ -23,6 +23,7 @@ RESULT_SCHEMA = pa.schema(
         ("chunk_ids", pa.list_(pa.string())),
         ("doc_ids", pa.list_(pa.string())),
         ("scores", pa.list_(pa.float32())),
+        ("dense_scores", pa.list_(pa.float32())),  # dense cosine of each chunk, whatever retriever ranked it
         ("chunk_texts", pa.list_(pa.string())),
         ("no_rag_answer", pa.string()),
         ("rag_answer", pa.string()),  # the final answer (snapped to a passage span when the run snaps)

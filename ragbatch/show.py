@@ -1,0 +1,144 @@
+"""``ragbatch show RESULTS.parquet [QUESTION_ID]``: the answer report's cards in the terminal.
+
+The same data as RESULTS.report.html (tasks/report.py). Text from the results is never parsed as markup: it is
+printed as ``rich.text.Text`` (styles attached, no markup), and error messages go through ``rich.markup.escape``,
+so a question holding ``[link=…]`` or ``[/]`` prints as written. (``escape`` alone is not enough for pieces of
+text: it doubles a trailing backslash on the assumption that a tag follows, so "C:\\" would print twice.)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
+
+# The same styles as the HTML page: yellow supports the RAG answer, blue is a gold answer, green is both.
+MARK_STYLES = {frozenset({"support"}): "black on yellow", frozenset({"gold"}): "black on bright_cyan",
+               frozenset({"support", "gold"}): "black on bright_green"}
+
+
+def _clip(text: str, n: int) -> str:
+    t = " ".join(str(text).split())
+    return t if len(t) <= n else t[:n] + "…"
+
+
+def _load(results: Path) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    from storage.results import config_path, read_results
+
+    path = results.expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such result table (the .parquet file `ragbatch answer --out` wrote)")
+    try:
+        rows = read_results(path).to_pylist()
+    except Exception as exc:  # noqa: BLE001 - any unreadable file gets one clear line
+        raise ValueError(f"{path}: not a readable result table ({exc})") from exc
+    cfg = config_path(path.resolve())
+    config = json.loads(cfg.read_text()) if cfg.is_file() else None
+    return rows, config
+
+
+def marked(text: str, marks: dict[str, list[tuple[int, int]]]) -> Text:
+    """``text`` with its marked pieces styled; a ``Text`` is never parsed as markup."""
+    from tasks.diff import segments
+
+    out = Text()
+    for piece, kinds in segments(text, marks):
+        out.append(piece, MARK_STYLES.get(kinds))
+    return out
+
+
+def print_card(console: Console, card: dict[str, Any], chunks: list[list[str]], retriever: str,
+               passages: int = 3) -> None:
+    """One question: both answers side by side, their diff, labels, and the top passages with their spans."""
+    say = console.print
+    say(Text.assemble((card["id"], "bold"), "  ", card["q"]), soft_wrap=True)
+    if card["gold"]:
+        say(Text("gold: " + " | ".join(card["gold"][:5]), "dim"), soft_wrap=True)
+    t = Table(show_lines=True, expand=True)
+    t.add_column("without retrieval", ratio=1)
+    t.add_column("with retrieval", ratio=1)
+    right = Text(card["a1"])
+    if card.get("raw"):
+        right.append("\nthe model said: " + card["raw"], "dim")
+    t.add_row(Text(card["a0"]), right)
+    say(t)
+    diff = Text(f"diff ({'changed' if card['ch'] else 'unchanged'}):")
+    for op, txt in card["diff"]:
+        diff.append(" ")
+        diff.append(txt, {"=": None, "-": "red strike", "+": "green"}[op])
+    say(diff, soft_wrap=True)
+    if card.get("v") and card["v"] != "same":
+        say(Text.assemble("verdict: ", (card["v"], "bold")), soft_wrap=True)
+    if card.get("dg"):
+        say(Text.assemble("diagnosis: ", (card["dg"], "bold"), " — ", card["why"]), soft_wrap=True)
+    say("[dim]passages: [black on yellow]supports the RAG answer[/] [black on bright_cyan]gold answer[/] "
+        "[black on bright_green]both[/][/]")
+    for p in card["p"][:passages]:
+        doc, text = chunks[p["c"]]
+        page = f" p. {p['pg'][0]}" if p.get("pg") else ""
+        cosine = "–" if p["d"] is None else f"{p['d']:.3f}"
+        score = "–" if p["s"] is None else f"{p['s']:.4f}"
+        head = Text.assemble((f"[{p['r']}] ", "bold"), doc, page, f" · cosine {cosine} · {retriever} rank {p['r']} "
+                             f"(score {score}) · support {p['sup']:.2f}")
+        if p.get("cite"):
+            head.append(" cited", "bold blue")
+        say(head, soft_wrap=True)
+        say(marked(text, {"support": p["hs"], "gold": p["hg"]}), soft_wrap=True)
+    if len(card["p"]) > passages:
+        say(f"[dim]… {len(card['p']) - passages} more passages in the HTML report[/]")
+
+
+def print_summary(console: Console, report: dict[str, Any], limit: int = 50) -> None:
+    """The run's numbers, then one line per question (the first ``limit``)."""
+    s = Table(title=Text("What retrieval changed: " + report["title"]), show_header=False)
+    s.add_column("measure")
+    s.add_column("value", justify="right")
+    for name, value in report["summary_rows"]:
+        s.add_row(Text(name), Text(value))
+    console.print(s)
+    t = Table(show_lines=False, expand=True)
+    for col, kw in (("id", {"no_wrap": True}), ("question", {"ratio": 3}), ("without retrieval", {"ratio": 2}),
+                    ("with retrieval", {"ratio": 2}), ("≠", {"no_wrap": True}), ("verdict", {}), ("diagnosis", {})):
+        t.add_column(col, **kw)
+    for c in report["cards"][:limit]:
+        t.add_row(*(Text(v) for v in (c["id"], _clip(c["q"], 120), _clip(c["a0"], 80), _clip(c["a1"], 80),
+                                      "yes" if c["ch"] else "no", c.get("v") or "", c.get("dg") or "")))
+    console.print(t)
+    more = len(report["cards"]) - limit
+    if more > 0:
+        console.print(f"[dim]… {more} more questions; `ragbatch show FILE QUESTION_ID` prints one[/]")
+
+
+def show(
+    results: Annotated[Path, typer.Argument(help="A result table written by `ragbatch answer` (.parquet)")],
+    question_id: Annotated[str | None, typer.Argument(help="Print this question's card (default: the summary)")]
+    = None,
+    passages: Annotated[int, typer.Option("--passages", "-p", help="Passages to print per card")] = 3,
+) -> None:
+    """Print a result table's summary, or one question's card: both answers, the diff, the top passages."""
+    from tasks.report import ChunkTable, build_card, build_report
+
+    console = Console(emoji=False, highlight=False)
+    err = Console(stderr=True, emoji=False, highlight=False)
+    try:
+        rows, config = _load(results)
+    except (OSError, ValueError) as exc:
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
+        raise typer.Exit(code=2) from None
+    retriever = str((rows[0].get("retriever") if rows else None) or "")
+    if question_id is None:
+        print_summary(console, build_report(rows, config, title=results.name))
+        return
+    row = next((r for r in rows if str(r.get("question_id")) == question_id), None)
+    if row is None:
+        err.print(f"[bold red]error:[/] no question {escape(repr(question_id))} in {escape(str(results))} "
+                  f"({len(rows)} questions; `ragbatch show {escape(str(results))}` lists them)", soft_wrap=True)
+        raise typer.Exit(code=2)
+    chunks = ChunkTable()
+    print_card(console, build_card(row, chunks), chunks.rows, retriever, passages)

@@ -1,0 +1,44 @@
+"""The dense cosine of each retrieved chunk, whatever retriever ranked it.
+
+Hybrid (RRF), BM25 and reranker scores rank well but tell a reader nothing ("0.033" for every top document);
+the cosine between the query and the chunk under the store's own embedder does. It is computed for the chunks
+already retrieved (k per question), so it costs one query embedding per question and k dot products.
+"""
+
+from __future__ import annotations
+
+import bisect
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+
+from tasks.embed import load_embedder
+from tasks.retrieve import _dequantize, embedder_for_store, open_index
+
+
+def dense_cosines(store_path: str, queries: list[str], chunk_ids: list[list[str]], embedder: str | None = None,
+                  device: str | None = None, matrix_dtype: str | None = None) -> list[list[float]]:
+    """``[[cosine of chunk j for query i]]``, parallel to ``chunk_ids``; NaN for a chunk no longer in the index."""
+    if not queries:
+        return []
+    index = open_index(store_path, device, matrix_dtype)
+    config = embedder_for_store(store_path, embedder)
+    q = load_embedder(config, device).embed_queries(queries).float()
+    flat = [c for ids in chunk_ids for c in ids]
+    rows = pc.index_in(pa.array(flat, type=pa.string()), value_set=index.chunks["chunk_id"]).to_pylist()
+    vecs = torch.full((len(flat), q.shape[1]), float("nan"))
+    for j, row in enumerate(rows):
+        if row is None:
+            continue
+        s = bisect.bisect_right(index.offsets, row) - 1
+        local = row - index.offsets[s]
+        scale = index.scales[s]
+        vecs[j] = _dequantize(index.shards[s][local : local + 1].cpu(),
+                              None if scale is None else scale[local : local + 1].cpu())[0]
+    out, j = [], 0
+    for qi, ids in enumerate(chunk_ids):
+        n = len(ids)
+        out.append([round(float(v), 6) for v in (vecs[j : j + n] @ q[qi]).tolist()] if n else [])
+        j += n
+    return out
