@@ -13,7 +13,7 @@ import sys
 from conftest import ROOT
 from storage.report_html import render_answer_report, report_path, script_json
 from storage.results import write_results
-from tasks.diff import gold_spans, segments, support_spans, word_diff, words
+from tasks.diff import gold_spans, segments, support_in, support_spans, tokens, word_diff, words
 from tasks.metrics import content_tokens, support
 from tasks.report import build_report
 
@@ -65,6 +65,7 @@ def test_marked_words_are_exactly_what_support_counts():
         marked = {n for s, e in support_spans(answer, passage) for n, _, _ in words(passage[s:e])}
         toks = content_tokens(answer)
         assert sum(t in marked for t in toks) / len(toks) == support(answer, passage), answer
+        assert support_in(toks, tokens(passage)) == support(answer, passage)
 
 
 def test_gold_spans_every_occurrence_at_token_level():
@@ -102,6 +103,8 @@ def test_labels_from_the_card_alone():
     assert (cards["gen"]["v"], cards["gen"]["dg"]) == ("misled", "generator") and "rank 1" in cards["gen"]["why"]
     assert (cards["ret"]["v"], cards["ret"]["dg"]) == ("misled", "retriever")
     assert (cards["same"]["v"], cards["same"]["dg"]) == ("same", None)
+    for r in rows:  # faithfulness: the RAG answer's support by all its passages together, as eval computes it
+        assert cards[r["question_id"]]["faith"] == round(support(r["rag_answer"], "\n".join(r["chunk_texts"])), 3)
     s = build_report(rows)["summary"]
     assert (s["questions"], s["changed"], s["grounded"], s["misled"], s["fail_generator"], s["fail_retriever"]) == (
         4, 3, 1, 2, 1, 1)
