@@ -122,6 +122,21 @@ def test_eval_labels_win_and_old_tables_without_new_columns_render():
     assert "15 trillion tokens" in render_answer_report(rep)
 
 
+def test_a_table_written_before_dense_scores_reads_and_renders(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from storage.results import RESULT_SCHEMA, read_results
+
+    row = _row("q1", "How many tokens?", "no idea", "15 trillion tokens", [LLAMA], ["15 trillion"])
+    old = pa.Table.from_pylist([row], schema=RESULT_SCHEMA).drop_columns(["dense_scores"])
+    pq.write_table(old, tmp_path / "old.parquet")
+    rows = read_results(tmp_path / "old.parquet").to_pylist()
+    assert "dense_scores" not in rows[0]
+    page = render_answer_report(build_report(rows))
+    assert '"d":null' in page and "15 trillion tokens" in page
+
+
 def test_dense_scores_pages_and_citations_when_present():
     row = _row("q1", "How many tokens?", "no idea", "15 trillion", [LLAMA, "Other text."],
                dense_scores=[0.61234, float("nan")], page_starts=[4, None], page_ends=[5, None],

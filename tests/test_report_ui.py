@@ -59,8 +59,15 @@ def test_report_file_beside_the_table_and_the_prefect_artifacts(answered):
     tmp, report = answered
     assert report.report == str(tmp / "results.report.html") and (tmp / "results.report.html").stat().st_size > 5000
     rows = {r["question_id"]: r for r in report.rows}
-    for r in rows.values():  # hybrid ranks by RRF; the table also keeps each passage's dense cosine
-        assert len(r["dense_scores"]) == len(r["chunk_ids"]) == 2 and all(-1 <= d <= 1 for d in r["dense_scores"])
+    # Hybrid ranks by RRF; the table also keeps each passage's dense cosine: the score exact dense search gives it.
+    from tasks.retrieve import search
+
+    dense, _ = search(str(tmp / "store"), [q["question"] for q in QUESTIONS], k=5, retriever="dense")
+    for q, d in zip(QUESTIONS, dense, strict=True):
+        r, cosine = rows[q["id"]], dict(zip(d.chunk_ids, d.scores, strict=True))
+        assert r["scores"][0] < 0.05 and len(r["dense_scores"]) == len(r["chunk_ids"]) == 2  # RRF scores
+        for cid, got in zip(r["chunk_ids"], r["dense_scores"], strict=True):
+            assert abs(got - cosine[cid]) < 1e-4, (q["id"], cid, got, cosine[cid])
     req = urllib.request.Request(f"{PREFECT_API_URL.value()}/artifacts/filter", b"{}",
                                  {"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=10) as resp:
