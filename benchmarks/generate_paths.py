@@ -2,8 +2,9 @@
 
 Each path answers the same rendered chat prompts (both arms of every question) greedily with the same
 ``max_new_tokens``. Reported per workload and path: seconds, prompt tokens per second, padded / real prompt
-tokens, and how many answers equal the old path's; then the ratios the issue asks for (default vs old, default
-vs llama.cpp). ``cpu_per_wall`` near the thread count means the cores were ours for that pass.
+tokens, and how many answers equal the old path's (and, for the default dtype one prompt at a time, how many
+equal the batched default: batching must not change answers); then the ratios the issue asks for (default vs
+old, default vs llama.cpp). ``cpu_per_wall`` near the thread count means the cores were ours for that pass.
 """
 
 from __future__ import annotations
@@ -105,6 +106,10 @@ def paths_main(args) -> None:
         new, new_answers = run_torch(model, convs, args.max_new_tokens, **NEW)
         new["same_answers_as_old"] = sum(a == b for a, b in zip(new_answers, old_answers, strict=True))
         rows["default: auto dtype, token budget"] = new
+        one, one_answers = run_torch(model, convs, args.max_new_tokens, dtype="auto", batch_size=1)
+        one["same_answers_as_old"] = sum(a == b for a, b in zip(one_answers, old_answers, strict=True))
+        one["same_as_default"] = sum(a == b for a, b in zip(one_answers, new_answers, strict=True))
+        rows["default dtype, one prompt at a time"] = one
         if not args.skip_llamacpp:
             ll, ll_answers = run_llamacpp(model, convs, args.max_new_tokens, args.llamacpp_slots)
             ll["same_answers_as_old"] = sum(a == b for a, b in zip(ll_answers, old_answers, strict=True))
@@ -121,6 +126,7 @@ def paths_main(args) -> None:
         if not args.skip_llamacpp:
             ratios["default vs llama.cpp"] = ll["seconds"] / new["seconds"]
         results[name]["speedup"] = {k: round(v, 2) for k, v in ratios.items()}
+        print(f"  batched vs one at a time in {new['dtype']}: {one['same_as_default']}/{len(convs)} answers identical")
         print("  " + ", ".join(f"{k}: {v:.2f}x faster" for k, v in ratios.items()), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps({"model": model, "machine": platform.processor(),
