@@ -81,7 +81,8 @@ def print_card(console: Console, card: dict[str, Any], chunks: list[list[str]], 
         "[black on bright_green]both[/][/]")
     for p in card["p"][:passages]:
         doc, text = chunks[p["c"]]
-        page = f" p. {p['pg'][0]}" if p.get("pg") else ""
+        pg = p.get("pg")
+        page = "" if not pg else f" pp. {pg[0]}–{pg[1]}" if pg[1] not in (None, pg[0]) else f" p. {pg[0]}"
         cosine = "–" if p["d"] is None else f"{p['d']:.3f}"
         score = "–" if p["s"] is None else f"{p['s']:.4f}"
         head = Text.assemble((f"[{p['r']}] ", "bold"), doc, page, f" · cosine {cosine} · {retriever} rank {p['r']} "

@@ -179,11 +179,17 @@ def test_answers_markdown_links_the_report_and_stays_one_table(tmp_path):
 
 
 def test_show_prints_user_text_literally(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     rows = [_row("q1", "What is [link=http://evil.example]this[/link] [bold]?", "[red]no[/]", "15 trillion tokens",
-                 [LLAMA, "[/] stray markup \\"], ["15 trillion"]),
-            _row("q2", "Second?", "a", "b", ["c"])]
+                 [LLAMA, "[/] stray markup \\"], ["15 trillion"], page_starts=[4, None], page_ends=[5, None],
+                 citations=[{"passage": 1, "chunk_id": "c0", "doc_id": "d0.txt", "page_start": 4, "page_end": 5,
+                             "inferred": False}]),
+            _row("q2", "Second?", "a", "b", ["c"], page_starts=[None], page_ends=[None], citations=[])]
     results = write_results(tmp_path / "res.parquet", rows, {"flow": "answer"})
     assert report_path(results) == tmp_path / "res.report.html"
+    pq.write_table(pa.Table.from_pylist(rows), results)  # with issue 12's page and citation columns
 
     def run(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "ragbatch.cli", "show", str(results), *args], cwd=ROOT,
@@ -197,6 +203,7 @@ def test_show_prints_user_text_literally(tmp_path):
     assert "15 trillion tokens" in out and "[/] stray markup \\\n" in out and "gold: 15 trillion" in out
     assert "markup \\\\" not in out  # one backslash, as written (rich's escape() would double a trailing one)
     assert "verdict: grounded" in out
+    assert "[1] d0.txt pp. 4–5 · cosine" in out and "support 1.00 cited" in out
     summary = run()
     assert summary.returncode == 0 and "answers changed by retrieval" in summary.stdout and "q2" in summary.stdout
     missing = run("nope")
