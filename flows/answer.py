@@ -158,10 +158,16 @@ def write_task(out: str, rows: list[dict[str, Any]], config: dict[str, Any]) -> 
 def report_task(out: str, rows: list[dict[str, Any]], config: dict[str, Any],
                 labels: dict[str, dict[str, Any]] | None = None) -> tuple[str, list[tuple[str, str]]]:
     """RESULTS.report.html beside the table (tasks/report.py prepares, storage/report_html.py renders); returns
-    its path and the summary rows."""
+    its path and the summary rows, or ("", []) when it could not be written: the table is already safe, and a
+    derived page must not fail an hour of answering."""
     t0 = time.perf_counter()
-    report = build_report(rows, config, labels, title=Path(out).name)
-    path = write_answer_report(report_path(out), report)
+    try:
+        report = build_report(rows, config, labels, title=Path(out).name)
+        path = write_answer_report(report_path(out), report)
+    except Exception as exc:  # noqa: BLE001 - logged with its reason; `ragbatch show` still reads the table
+        get_run_logger().error("report %s not written (%s: %s); the table %s is complete", report_path(out),
+                               type(exc).__name__, exc, out)
+        return "", []
     get_run_logger().info("report %s (%d questions, %.1f MB) in %.1fs", path, len(rows),
                           path.stat().st_size / 1e6, time.perf_counter() - t0)
     return str(path), report["summary_rows"]

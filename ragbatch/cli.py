@@ -308,7 +308,7 @@ def answer(
     console.print(f"{r.questions} questions, {r.differ} answers changed by retrieval; "
                   f"retrieval {r.retrieve_s:.1f}s, generation {r.generate_s:.1f}s ({r.dtype or 'resumed'}, padded/"
                   f"real prompt tokens {r.padding_ratio:.2f}), total {r.seconds:.1f}s → {escape(str(r.out))}")
-    console.print(f"report: {escape(r.report)}", soft_wrap=True)
+    console.print(f"report: {escape(r.report or 'not written (see the log)')}", soft_wrap=True)
 
 
 @app.command()
@@ -340,7 +340,7 @@ def demo(
     print_answers(a.rows)
     console.print(f"{a.questions} questions, {a.differ} answers changed by retrieval; results → {escape(str(a.out))}; "
                   f"demo wall time {time.perf_counter() - t0:.0f}s")
-    console.print(f"report: {escape(a.report)}", soft_wrap=True)  # last: the page to open
+    console.print(f"report: {escape(a.report or 'not written (see the log)')}", soft_wrap=True)  # last: the page
 
 
 @app.command()
