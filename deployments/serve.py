@@ -20,6 +20,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from storage.fs import store_location
 from storage.paths import configure_environment, home
 
 configure_environment()
@@ -61,7 +62,7 @@ def build_deployments(
     def absolute(p: str | Path) -> str:
         return str(Path(p).expanduser().resolve())
 
-    store_s = absolute(store)
+    store_s = store_location(store)  # a path or an s3:// URL
     index_params: dict[str, Any] = {"docs_dir": absolute(docs), "store": store_s}
     inbox_params: dict[str, Any] = {
         "inbox": absolute(inbox or default_inbox()), "results": absolute(results or default_results()),

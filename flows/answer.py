@@ -316,6 +316,8 @@ def run_answer(
     from flows.runners import run_flow
 
     qs = questions if isinstance(questions, list) else [questions]
-    args = ([str(Path(q).expanduser().resolve()) for q in qs], str(Path(store).expanduser().resolve()),
+    from storage.fs import store_location
+
+    args = ([str(Path(q).expanduser().resolve()) for q in qs], store_location(store),
             str(Path(out).expanduser().resolve()))
     return run_flow(answer_flow, args, kw, runner, dask_address, dask_workers)

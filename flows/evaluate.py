@@ -194,5 +194,7 @@ def run_eval(dataset: str, store: str | Path, out_dir: str | Path, **kw) -> Eval
     from flows.runners import prefect_api
 
     with prefect_api():
-        return eval_flow(dataset, str(Path(store).expanduser().resolve()),
+        from storage.fs import store_location
+
+        return eval_flow(dataset, store_location(store),
                          str(Path(out_dir).expanduser().resolve()), **kw)

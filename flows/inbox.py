@@ -110,4 +110,7 @@ def inbox_flow(
 
 def run_inbox(inbox: str | Path, results: str | Path, store: str | Path, **kw) -> InboxReport:
     """Call the flow with absolute paths."""
-    return inbox_flow(*(str(Path(p).expanduser().resolve()) for p in (inbox, results, store)), **kw)
+    from storage.fs import store_location
+
+    inbox_s, results_s = (str(Path(p).expanduser().resolve()) for p in (inbox, results))
+    return inbox_flow(inbox_s, results_s, store_location(store), **kw)

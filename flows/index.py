@@ -252,6 +252,7 @@ def run_index(
     per worker (``parallel_batches``, unless given).
     """
     from flows.runners import run_flow
+    from storage.fs import store_location
 
-    args = str(Path(docs_dir).expanduser().resolve()), str(Path(store).expanduser().resolve())
+    args = str(Path(docs_dir).expanduser().resolve()), store_location(store)  # a path or s3:// URL
     return run_flow(index_flow, args, kw, runner, dask_address, dask_workers)

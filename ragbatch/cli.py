@@ -28,7 +28,7 @@ DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
 
 DEFAULT_RETRIEVER = "hybrid"
 
-Store = Annotated[Path, typer.Option("--store", "-s", help="Index store directory")]
+Store = Annotated[str, typer.Option("--store", "-s", help="Index store: a folder, file:// or s3://BUCKET/PREFIX URL")]
 Retriever = Annotated[str, typer.Option(
     "--retriever", "-r", help="dense | bm25 | hybrid (RRF of dense and bm25) | ann (FAISS HNSW, approximate dense)")]
 MatrixDtype = Annotated[str, typer.Option(

@@ -67,7 +67,7 @@ class DenseIndex:
         if self._bm25 is None:
             from tasks.bm25 import open_bm25
 
-            self._bm25 = open_bm25(str(self.store.root), self.generation, self.chunks)
+            self._bm25 = open_bm25(self.store.bm25_at(self.generation), self.generation, self.chunks)
         return self._bm25
 
     @property
