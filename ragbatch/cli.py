@@ -443,10 +443,12 @@ def print_answers(rows: list[dict[str, Any]]) -> None:
     table.add_column("without retrieval", ratio=2)
     table.add_column("with retrieval", ratio=2)
     table.add_column("≠", no_wrap=True)
-    table.add_column("top document (score)", ratio=2, overflow="fold")
+    table.add_column("top document", ratio=2, overflow="fold")
     for r in rows:
         doc = r["doc_ids"][0].split(".jsonl#", 1)[-1] if r["doc_ids"] else ""  # drop the JSONL file name
-        top = f"{doc} ({r['scores'][0]:.3f})" if r["chunk_ids"] else "-"
+        dense = r.get("dense_scores")  # a cosine tells a reader more than an RRF score ("0.033" for every top hit)
+        score = f"cosine {dense[0]:.3f}" if dense and dense[0] == dense[0] else f"score {r['scores'][0]:.3f}"
+        top = f"{doc} ({score})" if r["chunk_ids"] else "-"
         gold = f"\n[dim]gold: {escape(' | '.join(r['gold_answers'][:2]))}[/]" if r.get("gold_answers") else ""
         table.add_row(escape(str(r["question_id"])), escape(r["question"]) + gold, escape(r["no_rag_answer"]),
                       escape(r["rag_answer"]), "yes" if r["answers_differ"] else "no", escape(top))
