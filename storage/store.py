@@ -88,6 +88,11 @@ CHUNK_SCHEMA = pa.schema(
         ("char_start", pa.int64()),
         ("char_end", pa.int64()),
         ("n_tokens", pa.int32()),
+        # Where the chunk is (issue 12); null for formats without pages or rows. Tables written before these
+        # columns existed read them as nulls (pq.read_table with this schema), so older stores load and verify.
+        ("page_start", pa.int32()),
+        ("page_end", pa.int32()),
+        ("row", pa.int64()),
     ]
 )
 

@@ -11,7 +11,10 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tasks.loaders.base import Document
 
 
 class ChunkingError(ValueError):
@@ -47,6 +50,9 @@ class Chunk:
     char_start: int
     char_end: int
     n_tokens: int
+    page_start: int | None = None  # PDF: the pages of char_start and char_end - 1 (a chunk may cross a break)
+    page_end: int | None = None
+    row: int | None = None  # CSV/TSV: the document's data row
 
 
 def content_budget(tokenizer: Any, max_length: int, passage_prefix: str = "") -> int:
@@ -92,6 +98,17 @@ def chunk_text(
         offsets = [(a + pos, b + pos) for a, b in enc["offset_mapping"]]
         pos = _chunk_window(chunks, offsets, wend, wend >= len(text), doc_id, doc_sha256, text, tokenizer,
                             settings, max_length, passage_prefix)
+    return chunks
+
+
+def chunk_document(
+    doc: Document, tokenizer: Any, settings: ChunkSettings, max_length: int, passage_prefix: str = ""
+) -> list[Chunk]:
+    """:func:`chunk_text` of a loaded document, each chunk given the document's location (page span, row)."""
+    chunks = chunk_text(doc.doc_id, doc.sha256, doc.text, tokenizer, settings, max_length, passage_prefix)
+    for c in chunks:
+        c.page_start, c.page_end = doc.page_at(c.char_start), doc.page_at(max(c.char_start, c.char_end - 1))
+        c.row = doc.row
     return chunks
 
 

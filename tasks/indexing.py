@@ -13,7 +13,7 @@ from typing import Any
 import pyarrow as pa
 
 from storage.store import CompactReport, IndexMeta, Store
-from tasks.chunk import ChunkSettings, chunk_text
+from tasks.chunk import ChunkSettings, chunk_document
 from tasks.embed import EmbedderConfig, load_embedder
 from tasks.load import Document
 
@@ -168,9 +168,7 @@ def chunk_and_embed(
     manifest_rows: list[dict[str, Any]] = []
     now = time.time()
     for doc in documents:
-        chunks = chunk_text(
-            doc.doc_id, doc.sha256, doc.text, model.tokenizer, settings, embedder.max_length, embedder.passage_prefix
-        )
+        chunks = chunk_document(doc, model.tokenizer, settings, embedder.max_length, embedder.passage_prefix)
         rows += [c.__dict__ for c in chunks]
         manifest_rows.append(
             {
@@ -186,12 +184,12 @@ def chunk_and_embed(
                 "indexed_at": now,
             }
         )
-    table = pa.Table.from_pylist(rows) if rows else None
-    texts = [r["text"] for r in rows]
-    emb = model.embed_passages(texts, progress=progress)
     from storage.store import CHUNK_SCHEMA
 
-    write = store.write_shard(emb, table if table is not None else CHUNK_SCHEMA.empty_table(), manifest_rows)
+    table = pa.Table.from_pylist(rows, schema=CHUNK_SCHEMA)  # typed: a batch without pages has null columns
+    texts = [r["text"] for r in rows]
+    emb = model.embed_passages(texts, progress=progress)
+    write = store.write_shard(emb, table, manifest_rows)
     return BatchResult(
         shard=write,
         documents=len(documents),

@@ -1,35 +1,25 @@
-"""Load documents from a folder tree: plain text, Markdown and JSONL, each with a stable id and hash.
+"""Load documents from a folder tree, each file through the loader of its format (tasks/loaders/).
 
-A file that cannot be used (empty, binary, not UTF-8, malformed JSONL line, unsupported type) is
-reported with a message naming it and skipped; the rest of the run goes on.
+Plain text, Markdown and JSONL as before, plus PDF, HTML, DOCX and CSV/TSV. A file that cannot be used
+(empty, binary, not UTF-8, encrypted, without a text layer, malformed JSONL line or CSV row, unsupported
+type) is reported with a message naming it and skipped; the rest of the run goes on.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from storage.safepath import UnsafePathError, path_problem, read_inside
+from tasks.loaders import Document, LoadError, loader_for, supported
 
 TEXT_SUFFIXES = {".txt", ".text", ".md", ".markdown", ".rst"}
 JSONL_SUFFIXES = {".jsonl"}
-SUPPORTED = TEXT_SUFFIXES | JSONL_SUFFIXES
+SUPPORTED = supported()
 KEEP_INDEXED = ("symlink loop", "broken symlink", "unreadable")  # problems that keep a file's indexed version
 
-
-@dataclass
-class Document:
-    doc_id: str
-    path: str
-    text: str
-    sha256: str
-    size: int
-    mtime: float
-    metadata: dict[str, Any] = field(default_factory=dict)
+__all__ = ["Document", "LoadResult", "load_documents", "SUPPORTED"]
 
 
 @dataclass
@@ -62,7 +52,8 @@ def load_documents(root: str | Path, follow_symlinks: bool = False) -> LoadResul
             if problem.startswith(KEEP_INDEXED):  # maybe passing (a link to an unmounted disk): keep the old version
                 failed.add(rel)
             continue
-        if path.suffix.lower() not in SUPPORTED:
+        loader = loader_for(path.suffix)
+        if loader is None:
             errors.append(f"{rel}: unsupported file type {path.suffix or '(none)'} (supported: {_supported()})")
             continue
         try:
@@ -74,20 +65,18 @@ def load_documents(root: str | Path, follow_symlinks: bool = False) -> LoadResul
             errors.append(f"{rel}: unreadable ({exc.strerror or exc})")
             failed.add(rel)
             continue
-        problem = _check_bytes(raw)
+        problem = _check_bytes(raw) if loader.text_input else None
+        if problem is None:
+            try:
+                got, errs = loader.load(rel, raw, st.st_mtime)
+            except LoadError as exc:
+                problem = str(exc)
         if problem:
             errors.append(f"{rel}: {problem}")
-            failed.add(rel)
+            failed.add(rel)  # a file indexed before keeps that version (it may be mid-write, or re-exported later)
             continue
-        text = raw.decode("utf-8")
-        if path.suffix.lower() in JSONL_SUFFIXES:
-            got, errs = _jsonl_documents(rel, text, st)
-            docs += got
-            errors += errs
-        else:
-            docs.append(
-                Document(rel, rel, text, hashlib.sha256(raw).hexdigest(), len(raw), st.st_mtime, {"source": rel})
-            )
+        docs += got
+        errors += errs
     seen: set[str] = set()
     unique: list[Document] = []
     for d in sorted(docs, key=lambda d: d.doc_id):
@@ -110,49 +99,6 @@ def _check_bytes(raw: bytes) -> str | None:
     except UnicodeDecodeError as exc:
         return f"not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start})"
     return None
-
-
-def _jsonl_documents(rel: str, text: str, st: os.stat_result) -> tuple[list[Document], list[str]]:
-    """One document per line: a ``text`` field plus metadata; id = ``<file>#<id field or line N>``."""
-    docs: list[Document] = []
-    errors: list[str] = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            errors.append(f"{rel}: line {n}: not valid JSON ({exc.msg})")
-            continue
-        if not isinstance(obj, dict) or not isinstance(obj.get("text"), str) or not obj["text"].strip():
-            errors.append(f"{rel}: line {n}: needs a non-empty string field 'text'")
-            continue
-        key, problem = _jsonl_id(obj.get("id"), n)
-        if problem is None and "\x00" in obj["text"]:
-            problem = "'text' contains NUL characters (\\u0000)"
-        if problem:
-            errors.append(f"{rel}: line {n}: {problem}")
-            continue
-        meta = {k: v for k, v in obj.items() if k != "text"}
-        meta["source"] = rel
-        digest = hashlib.sha256(line.encode()).hexdigest()
-        docs.append(Document(f"{rel}#{key}", rel, obj["text"], digest, len(line.encode()), st.st_mtime, meta))
-    if not docs and not errors:
-        errors.append(f"{rel}: no documents in JSONL file")
-    return docs, errors
-
-
-def _jsonl_id(value: Any, n: int) -> tuple[str, str | None]:
-    """The question loader's id rules: a string or an integer; missing, null or blank means ``line-N``."""
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return f"line-{n}", None
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value), None
-    if isinstance(value, str):
-        if "\x00" in value:
-            return "", "'id' contains NUL characters"
-        return value.strip(), None
-    return "", f"'id' must be a string or an integer, got {type(value).__name__}"
 
 
 def _list_files(root: Path) -> list[Path]:

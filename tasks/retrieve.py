@@ -229,6 +229,7 @@ class SearchResult:
     texts: list[str]
     scores: list[float]
     spans: list[tuple[int, int]] = field(default_factory=list)
+    pages: list[tuple[int | None, int | None]] = field(default_factory=list)  # (page_start, page_end) of each hit
 
 
 class Retriever:
@@ -424,6 +425,7 @@ def search(
     timings.update(ranker.timings)
     ids, docs, texts = index.chunks["chunk_id"], index.chunks["doc_id"], index.chunks["text"]
     starts, ends = index.chunks["char_start"], index.chunks["char_end"]
+    p0, p1 = index.chunks["page_start"], index.chunks["page_end"]
     results = []
     for qi, query in enumerate(queries):
         keep = [(r, s) for r, s in zip(hits.rows[qi].tolist(), hits.scores[qi].tolist(), strict=True) if r >= 0]
@@ -436,6 +438,7 @@ def search(
                 texts=pc.take(texts, rows).to_pylist(),
                 scores=[round(float(s), 6) for _, s in keep],
                 spans=list(zip(pc.take(starts, rows).to_pylist(), pc.take(ends, rows).to_pylist(), strict=True)),
+                pages=list(zip(pc.take(p0, rows).to_pylist(), pc.take(p1, rows).to_pylist(), strict=True)),
             )
         )
     return results, timings

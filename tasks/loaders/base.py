@@ -1,0 +1,79 @@
+"""The loader interface and registry: one small module per file format, found by suffix.
+
+A loader turns one file's bytes into documents. Whole-file problems raise :class:`LoadError` (the file is
+named and skipped, and a version indexed before is kept); problems of one record inside a file (a CSV row,
+a JSONL line) are returned as messages and the rest of the file loads.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+
+class LoadError(ValueError):
+    """A file that cannot be loaded as a whole; the message says why (without the file name)."""
+
+
+@dataclass
+class Document:
+    doc_id: str
+    path: str
+    text: str
+    sha256: str
+    size: int
+    mtime: float
+    metadata: dict[str, Any] = field(default_factory=dict)
+    format: str = "text"  # the loader's format: text, jsonl, pdf, html, docx, csv
+    title: str = ""
+    page_offsets: list[int] | None = None  # PDF: the char offset in ``text`` where page i + 1 starts
+    row: int | None = None  # CSV/TSV: the 1-based data row (the header is row 0)
+
+    def page_at(self, char: int) -> int | None:
+        """The 1-based page holding ``char`` (``None`` for formats without pages)."""
+        if not self.page_offsets:
+            return None
+        return max(1, bisect.bisect_right(self.page_offsets, max(char, 0)))
+
+
+class Loader:
+    """One format. Subclasses set ``format`` and ``suffixes`` and implement :meth:`load`.
+
+    ``text_input``: the file must be UTF-8 text without NUL bytes (checked before :meth:`load`, with the
+    messages plain text always had); binary formats (PDF, DOCX) check their own bytes.
+    """
+
+    format: ClassVar[str]
+    suffixes: ClassVar[tuple[str, ...]]
+    text_input: ClassVar[bool] = True
+
+    def load(self, rel: str, raw: bytes, mtime: float) -> tuple[list[Document], list[str]]:
+        raise NotImplementedError
+
+    def document(self, rel: str, raw: bytes, mtime: float, text: str, **kw: Any) -> Document:
+        """A whole-file document: id = path, hash of the file's bytes."""
+        meta = {"source": rel, **kw.pop("metadata", {})}
+        return Document(rel, rel, text, hashlib.sha256(raw).hexdigest(), len(raw), mtime, meta, self.format, **kw)
+
+
+_REGISTRY: dict[str, Loader] = {}
+
+
+def register(cls: type[Loader]) -> type[Loader]:
+    """Class decorator: make ``cls`` the loader of its suffixes (a suffix has one loader)."""
+    for suffix in cls.suffixes:
+        if suffix in _REGISTRY and type(_REGISTRY[suffix]) is not cls:
+            raise ValueError(f"suffix {suffix} has two loaders: {type(_REGISTRY[suffix]).__name__} and {cls.__name__}")
+        _REGISTRY[suffix] = cls()
+    return cls
+
+
+def registry() -> dict[str, Loader]:
+    return _REGISTRY
+
+
+def clean_text(text: str) -> str:
+    """Extracted text without NULs (PDF fonts emit them) and with Unix newlines."""
+    return text.replace("\x00", "").replace("\r\n", "\n").replace("\r", "\n")
