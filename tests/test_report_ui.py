@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 import urllib.request
 
 import pytest
@@ -146,3 +148,18 @@ def test_report_in_a_real_browser(answered):
     shot = shots / "report-screenshot.png"
     assert shot.stat().st_size > 10_000
     shutil.copy(shot, out / shot.name)
+
+
+def test_the_cli_ends_by_printing_the_report_path(answered, api_env):
+    """`ragbatch answer` (and `demo`, through the same lines) prints the report's path last; `show` reads it."""
+    tmp, _ = answered
+    qfile = tmp / "one.jsonl"
+    qfile.write_text(json.dumps({"id": "x", "question": "What is the capital of Italy?"}) + "\n")
+    out = tmp / "cli" / "res.parquet"
+    run = subprocess.run([sys.executable, "-m", "ragbatch.cli", "answer", str(qfile), "--store", str(tmp / "store"),
+                          "--out", str(out), "-k", "1", "--generator", FAST_GENERATOR, "--max-new-tokens", "4"],
+                         cwd=ROOT, env=dict(api_env, COLUMNS="400"), capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert run.stdout.strip().splitlines()[-1] == f"report: {tmp / 'cli' / 'res.report.html'}"
+    assert (tmp / "cli" / "res.report.html").stat().st_size > 5000
+    assert "(cosine 0." in run.stdout  # the top document's cosine, not its RRF score
