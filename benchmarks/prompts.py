@@ -26,6 +26,7 @@ from storage.paths import configure_environment  # noqa: E402
 
 configure_environment()
 
+from tasks.cite import split_citations  # noqa: E402
 from tasks.datasets import load_eval_dataset  # noqa: E402
 from tasks.generate import load_generator  # noqa: E402
 from tasks.metrics import contains_gold, exact_match, support, token_f1  # noqa: E402
@@ -84,12 +85,14 @@ def main() -> None:
         t1 = time.perf_counter()
         out = gen.generate(convs, max_new_tokens=args.max_new_tokens, progress=False)
         secs = time.perf_counter() - t1
-        raw = out[: len(qs)]
+        raw = [split_citations(a, args.k)[0] for a in out[: len(qs)]]  # citation marks are not answer text
+        cited = sum(bool(split_citations(a, args.k)[1]) for a in out[: len(qs)])
         ctx = ["\n".join(h.texts) for h in hits]
         snapped = [snap_answer(a, q, h.texts) for a, q, h in zip(raw, texts, hits, strict=True)]
         row = {"prompt": name, "seconds": round(secs, 1), "padding_ratio": round(gen.last_stats.padding_ratio, 3),
                "raw": score(raw, golds, ctx), "snapped": score(snapped, golds, ctx),
-               "changed_by_snap": sum(a != b for a, b in zip(raw, snapped, strict=True))}
+               "changed_by_snap": sum(a != b for a, b in zip(raw, snapped, strict=True)),
+               "cited": cited}
         if args.no_rag:
             row["no_rag"] = score(out[len(qs):], golds, ctx)
         rows.append(row)
@@ -97,7 +100,7 @@ def main() -> None:
         print(f"{name:16} RAG EM {r['EM']:.3f} F1 {r['F1']:.3f} faith {r['faithfulness']:.3f} | snapped EM "
               f"{s['EM']:.3f} F1 {s['F1']:.3f} faith {s['faithfulness']:.3f} ({row['changed_by_snap']} changed)"
               + (f" | no-RAG EM {row['no_rag']['EM']:.3f}" if args.no_rag else "")
-              + f" | {secs:.0f}s, pad {row['padding_ratio']:.2f}", flush=True)
+              + f" | {cited} cite a passage | {secs:.0f}s, pad {row['padding_ratio']:.2f}", flush=True)
     print("\n| prompt | RAG EM | RAG F1 | faithfulness | snapped EM | snapped F1 | snapped faithfulness | seconds |")
     print("|---|---|---|---|---|---|---|---|")
     for row in rows:

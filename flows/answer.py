@@ -17,6 +17,7 @@ from flows.naming import run_name
 from storage.report_html import report_path, write_answer_report
 from storage.results import ResultParts, write_results
 from storage.store import Store
+from tasks.cite import cite_columns, cited_where, strip_citations
 from tasks.device import default_device, dtype_name
 from tasks.embed import embedding_dtype
 from tasks.generate import TOKEN_BUDGET, dual_generate, load_generator
@@ -124,8 +125,9 @@ def generate_task(
     no_rag, raw = dual_generate(gen, texts, contexts, max_new_tokens=settings.max_new_tokens,
                                 batch_size=settings.batch_size, prompt=settings.prompt,
                                 token_budget=settings.token_budget)
-    rag = ([snap_answer(a, q, h.texts) for a, q, h in zip(raw, texts, hits, strict=True)] if settings.snap
-           else list(raw))
+    clean = strip_citations(raw, hits)  # "[2]" marks are citations (tasks/cite.py), not answer text
+    rag = ([snap_answer(a, q, h.texts) for a, q, h in zip(clean, texts, hits, strict=True)] if settings.snap
+           else clean)
     stats = gen.last_stats.as_dict()
     get_run_logger().info("generated %d answers in %.1fs (%s)", 2 * len(questions), time.perf_counter() - t0, stats)
     return no_rag, rag, raw, stats, time.perf_counter() - t0
@@ -230,7 +232,7 @@ def answer_flow(
             "question_id": q.id, "question": q.question, "source": q.source,
             "gold_answers": list(q.answers), "chunk_ids": h.chunk_ids, "doc_ids": h.doc_ids,
             "scores": h.scores, "dense_scores": d, "chunk_texts": h.texts, "no_rag_answer": a0, "rag_answer": a1,
-            "rag_raw": raw,
+            "rag_raw": raw, **cite_columns(raw, a1, h),
             "answers_differ": answers_differ(a0, a1), "generator": generator, "embedder": config.name,
             "retriever": retriever + (f"+{rerank}" if rerank and rerank != "none" else ""), "k": k,
             "retrieve_s": b.retrieve_s / len(batch), "generate_s": b.generate_s / len(batch),
@@ -298,9 +300,10 @@ def answers_markdown(rows: list[dict[str, Any]], limit: int = 50, report: str | 
         url = "file://" + quote(str(Path(report).resolve()))
         lines += [f"Every question with both answers, the diff and the passages: [the report]({url}) "
                   f"{md_code(report)}", ""]
-    lines += ["| id | question | without retrieval | with retrieval | differ | top doc |", "|---|---|---|---|---|---|"]
+    lines += ["| id | question | without retrieval | with retrieval | differ | cites (else top doc) |",
+              "|---|---|---|---|---|---|"]
     for r in rows[:limit]:
-        top = r["doc_ids"][0] if r["doc_ids"] else ""
+        top = cited_where(r.get("citations")) or (r["doc_ids"][0] if r["doc_ids"] else "")  # e.g. [2] a.pdf p. 3
         lines.append(f"| {cell(r['question_id'])} | {cell(r['question'])} | {cell(r['no_rag_answer'])} | "
                      f"{cell(r['rag_answer'])} | {'yes' if r['answers_differ'] else 'no'} | {cell(top)} |")
     if len(rows) > limit:

@@ -320,6 +320,8 @@ def demo(
     prompt: Prompt = None,
     snap: Snap = True,
     device: Annotated[str | None, typer.Option()] = None,
+    docs: Annotated[bool, typer.Option("--docs", help="The documents demo instead: a multi-page PDF, HTML, DOCX, "
+                                       "CSV and Markdown generated here; answers cite document and page")] = False,
 ) -> None:
     """Fetch the demo corpus (HELM model descriptions), index it, answer the demo questions, print the table."""
     from flows.answer import run_answer
@@ -328,13 +330,19 @@ def demo(
 
     t0 = time.perf_counter()
     try:
-        corpus = build_demo_corpus()
-        store, out = demo_dir() / "store", demo_dir() / "results.parquet"
+        if docs:
+            from tasks.demo_docs import build_docs_demo
+
+            corpus, questions = build_docs_demo(demo_dir() / "docs-demo")
+            store, out = demo_dir() / "docs-demo" / "store", demo_dir() / "docs-demo" / "results.parquet"
+        else:
+            corpus, questions = build_demo_corpus(), DEMO_QUESTIONS
+            store, out = demo_dir() / "store", demo_dir() / "results.parquet"
         r = run_index(corpus, store, device=device)
         console.print(f"indexed {r.documents} documents ({r.added} added, {r.changed} changed, {r.unchanged} "
                       f"unchanged, {r.removed} removed) → {r.live_chunks} chunks in {r.seconds:.1f}s")
         gs = _generation(generator, dtype, prompt, snap, max_new_tokens=48)
-        a = run_answer(DEMO_QUESTIONS, store, out, k=k, generation=gs, retriever=retriever, device=device)
+        a = run_answer(questions, store, out, k=k, generation=gs, retriever=retriever, device=device)
     except Exception as exc:  # noqa: BLE001
         _fail(exc)
     print_answers(a.rows)
@@ -437,6 +445,7 @@ app.command("show")(show)  # ragbatch/show.py: the report's cards in the termina
 
 def print_answers(rows: list[dict[str, Any]]) -> None:
     """The with/without table, one row per question."""
+    from tasks.cite import cited_where
     table = Table(title="What retrieval changed", show_lines=True, expand=True)
     table.add_column("id", no_wrap=True)
     table.add_column("question", ratio=3)
@@ -444,6 +453,7 @@ def print_answers(rows: list[dict[str, Any]]) -> None:
     table.add_column("with retrieval", ratio=2)
     table.add_column("≠", no_wrap=True)
     table.add_column("top document", ratio=2, overflow="fold")
+    table.add_column("cites", ratio=2, overflow="fold")  # ~ marks a citation inferred from the passages
     for r in rows:
         doc = r["doc_ids"][0].split(".jsonl#", 1)[-1] if r["doc_ids"] else ""  # drop the JSONL file name
         dense = r.get("dense_scores")  # a cosine tells a reader more than an RRF score ("0.033" for every top hit)
@@ -451,7 +461,8 @@ def print_answers(rows: list[dict[str, Any]]) -> None:
         top = f"{doc} ({score})" if r["chunk_ids"] else "-"
         gold = f"\n[dim]gold: {escape(' | '.join(r['gold_answers'][:2]))}[/]" if r.get("gold_answers") else ""
         table.add_row(escape(str(r["question_id"])), escape(r["question"]) + gold, escape(r["no_rag_answer"]),
-                      escape(r["rag_answer"]), "yes" if r["answers_differ"] else "no", escape(top))
+                      escape(r["rag_answer"]), "yes" if r["answers_differ"] else "no", escape(top),
+                      escape(cited_where(r.get("citations"))))
     console.print(table)
 
 

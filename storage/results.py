@@ -25,6 +25,12 @@ RESULT_SCHEMA = pa.schema(
         ("scores", pa.list_(pa.float32())),
         ("dense_scores", pa.list_(pa.float32())),  # dense cosine of each chunk, whatever retriever ranked it
         ("chunk_texts", pa.list_(pa.string())),
+        # Where each chunk is (null without pages) and what the answer cites (tasks/cite.py, issue 12).
+        ("page_starts", pa.list_(pa.int32())),
+        ("page_ends", pa.list_(pa.int32())),
+        ("citations", pa.list_(pa.struct([("passage", pa.int32()), ("chunk_id", pa.string()),
+                                          ("doc_id", pa.string()), ("page_start", pa.int32()),
+                                          ("page_end", pa.int32()), ("inferred", pa.bool_())]))),
         ("no_rag_answer", pa.string()),
         ("rag_answer", pa.string()),  # the final answer (snapped to a passage span when the run snaps)
         ("rag_raw", pa.string()),  # what the generator said, before snapping
