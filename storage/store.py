@@ -96,6 +96,14 @@ CHUNK_SCHEMA = pa.schema(
     ]
 )
 
+
+def conform_chunks(chunks: pa.Table) -> pa.Table:
+    """``chunks`` cast to CHUNK_SCHEMA; location columns a caller did not fill (issue 12) are added as nulls."""
+    for f in CHUNK_SCHEMA:
+        if f.name not in chunks.column_names:
+            chunks = chunks.append_column(f.name, pa.nulls(chunks.num_rows, f.type))
+    return chunks.select(CHUNK_SCHEMA.names).cast(CHUNK_SCHEMA)
+
 MANIFEST_SCHEMA = pa.schema(
     [
         ("doc_id", pa.string()),
@@ -299,7 +307,7 @@ class Store:
             save_file({"embeddings": emb}, str(tmp), metadata={"format": "ragbatch", "rows": str(emb.shape[0])})
         kill_point("mid-shard")
         with atomic_path(cpath) as tmp:
-            pq.write_table(chunks.cast(CHUNK_SCHEMA), tmp)
+            pq.write_table(conform_chunks(chunks), tmp)
         kill_point("after-shard")
         info = ShardInfo(
             name=name,
