@@ -101,7 +101,7 @@ DOCS_QUESTIONS = [
      "answers": ["7.4 million euros"]},
     {"id": "master", "question": "Who is the harbour master?", "answers": ["Ingrid Solberg"]},
     {"id": "cruise", "question": "How many cruise ship calls did the harbour handle?", "answers": ["412"]},
-    {"id": "lighthouse", "question": "In which year was the Skarv lighthouse built?", "answers": ["1889"]},
+    {"id": "lighthouse", "question": "In which year was the Skarv lighthouse built?", "answers": ["1859"]},
     {"id": "ferry", "question": "How long does the ferry to Varnes take?", "answers": ["40 minutes"]},
     {"id": "tide", "question": "What is the tide gauge at Pier 3 called?", "answers": ["Tern-7"]},
 ]
@@ -112,7 +112,7 @@ def docs_demo_files() -> dict[str, bytes]:
     return {
         "annual-report.pdf": pdf_bytes(REPORT_PAGES, title="Northwind Harbour Annual Report 2025"),
         "lighthouse.html": html_page("The Skarv lighthouse", [
-            "The Skarv lighthouse was built in 1889 on the outer skerry and automated in 1978.",
+            "The Skarv lighthouse was built in 1859 on the outer skerry and automated in 1978.",
             "Its light reaches 17 nautical miles in clear weather.",
         ]).encode(),
         "ferry-handbook.docx": docx_bytes("Ferry handbook", [
