@@ -45,7 +45,7 @@ from storage.lease import HELD, LEASE_FILE, S3Lease
 from storage.meta import INDEX_FILE, IndexMeta, ShardInfo, ShardWrite, StoreError, kill_point
 from storage.paths import home
 from storage.s3 import PreconditionFailed, S3Objects
-from storage.store import CHUNK_SCHEMA, Store, new_shard_name
+from storage.store import Store, conform_chunks, new_shard_name
 from storage.verify import shard_rel
 
 
@@ -163,7 +163,7 @@ class ObjectStore(Store):
         self._put_once(trel, tdata)
         kill_point("mid-shard")
         sink = io.BytesIO()
-        pq.write_table(chunks.cast(CHUNK_SCHEMA), sink)
+        pq.write_table(conform_chunks(chunks), sink)
         cdata = sink.getvalue()
         self._put_once(crel, cdata)
         kill_point("after-shard")
