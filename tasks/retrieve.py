@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -17,6 +17,7 @@ import torch
 from tqdm import tqdm
 
 from storage.store import Store, StoreError
+from tasks.config import MATRIX_DTYPES, RETRIEVERS, RetrievalConfig, with_changes  # noqa: F401 - RETRIEVERS re-exported
 from tasks.device import default_device
 from tasks.embed import EmbedderConfig, load_embedder, resolve_embedder
 
@@ -28,8 +29,6 @@ class Hits(NamedTuple):
     scores: torch.Tensor  # [n_queries, k] float32, descending
 
 
-RETRIEVERS = ("dense", "bm25", "hybrid", "ann")
-MATRIX_DTYPES = ("auto", "float32", "float16", "bfloat16", "int8")
 INT8_BLOCK_ROWS = 65536  # int8 rows are dequantized this many at a time, so the float copy stays small
 
 
@@ -357,71 +356,48 @@ class RerankedRetriever(Retriever):
         return Hits(new_rows, new_scores)
 
 
-def make_retriever(
-    index: DenseIndex,
-    retriever: str,
-    config: EmbedderConfig,
-    device: str | None = None,
-    rrf_k: int = 60,
-    fusion_depth: int = 100,
-    rerank: str | None = None,
-    rerank_depth: int = 20,
-    hybrid_weights: list[float] | None = None,
-) -> Retriever:
-    """The retriever named ``dense``, ``bm25``, ``hybrid`` or ``ann``, optionally followed by a reranker.
-
-    ``hybrid_weights``: RRF weights of the dense and BM25 lists (default 1, 1).
-    """
-    if retriever not in RETRIEVERS:
-        raise ValueError(f"unknown retriever {retriever!r}; choose one of {', '.join(RETRIEVERS)}")
+def make_retriever(index: DenseIndex, config: RetrievalConfig, embedder: EmbedderConfig,
+                   device: str | None = None) -> Retriever:
+    """The retriever ``config.retriever`` names (dense, bm25, hybrid, ann), followed by ``config.rerank`` if set."""
     r: Retriever
-    if retriever == "dense":
-        r = DenseRetriever(index, config, device)
-    elif retriever == "ann":
-        r = AnnRetriever(index, config, device)
-    elif retriever == "bm25":
+    if config.retriever == "dense":
+        r = DenseRetriever(index, embedder, device)
+    elif config.retriever == "ann":
+        r = AnnRetriever(index, embedder, device)
+    elif config.retriever == "bm25":
         r = BM25Retriever(index)
     else:
-        r = HybridRetriever(index, [DenseRetriever(index, config, device), BM25Retriever(index)], fusion_depth, rrf_k,
-                            hybrid_weights)
-    if rerank and rerank != "none":
-        r = RerankedRetriever(index, r, rerank, device, rerank_depth)
+        r = HybridRetriever(index, [DenseRetriever(index, embedder, device), BM25Retriever(index)],
+                            config.fusion_depth, config.rrf_k, list(config.hybrid_weights))
+    if config.rerank:
+        r = RerankedRetriever(index, r, config.rerank, device, config.rerank_depth)
     return r
 
 
 def search(
     store_path: str,
     queries: list[str],
-    k: int = 5,
-    embedder: str | None = None,
+    config: RetrievalConfig | None = None,
+    *,
     device: str | None = None,
-    retriever: str = "dense",
-    rrf_k: int = 60,
-    fusion_depth: int = 100,
-    rerank: str | None = None,
-    rerank_depth: int = 20,
-    matrix_dtype: str | None = None,
-    hybrid_weights: list[float] | None = None,
+    embedder_config: EmbedderConfig | None = None,
+    **changes: Any,
 ) -> tuple[list[SearchResult], dict[str, float]]:
-    """Top-k chunks per query from the store (see :func:`make_retriever`), plus timings.
+    """Top-``config.k`` chunks per query from the store (see :class:`tasks.config.RetrievalConfig`), plus timings.
 
+    ``changes`` replace settings of ``config`` (default :class:`RetrievalConfig`), e.g. ``k=3, retriever="bm25"``.
     ``dense``: cosine scores from the store's own embedder (exact). ``ann``: the same by FAISS HNSW.
-    ``bm25``: tantivy BM25 scores. ``hybrid``: reciprocal rank fusion (``rrf_k``) of the dense and BM25
-    top-``fusion_depth`` lists, weighted by ``hybrid_weights``; its scores are RRF scores. ``rerank``
-    (``llm:<generator>`` or ``cross-encoder:<model>``) reorders the retriever's top ``rerank_depth`` and
-    returns the reranker's scores.
-    ``matrix_dtype``: how the chunk matrix is held on the device (``auto``, ``float32``, ``float16``,
-    ``bfloat16``, ``int8``).
+    ``bm25``: tantivy BM25 scores. ``hybrid``: reciprocal rank fusion of the dense and BM25 lists; its scores
+    are RRF scores. ``rerank`` reorders the retriever's top ``rerank_depth`` and returns the reranker's scores.
+    ``embedder_config``: the store's embedder already resolved by the caller (not resolved and hashed again).
     """
-    if retriever not in RETRIEVERS:
-        raise ValueError(f"unknown retriever {retriever!r}; choose one of {', '.join(RETRIEVERS)}")
+    config = with_changes(config or RetrievalConfig(), **changes)
     t0 = time.perf_counter()
-    config = embedder_for_store(store_path, embedder)
-    index = open_index(store_path, device, matrix_dtype)
+    embedder = embedder_config or embedder_for_store(store_path, config.embedder)
+    index = open_index(store_path, device, config.matrix_dtype)
     timings: dict[str, float] = {"load_s": time.perf_counter() - t0}
-    ranker = make_retriever(index, retriever, config, device, rrf_k, fusion_depth, rerank, rerank_depth,
-                            hybrid_weights)
-    hits = ranker.retrieve(queries, k)
+    ranker = make_retriever(index, config, embedder, device)
+    hits = ranker.retrieve(queries, config.k)
     timings.update(ranker.timings)
     ids, docs, texts = index.chunks["chunk_id"], index.chunks["doc_id"], index.chunks["text"]
     starts, ends = index.chunks["char_start"], index.chunks["char_end"]
