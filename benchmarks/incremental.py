@@ -163,7 +163,7 @@ def main() -> None:
         b_incr.append(rep.seconds)
         print(f"round {r + 1}: nothing changed {t_noop[-1]:.2f}s (flow body {b_noop[-1]:.2f}s); {len(picked)} "
               f"changed ({rep.chunks_embedded} chunks embedded) {t:.2f}s (flow body {rep.seconds:.2f}s)")
-    problems = Store(work / "store").verify()
+    problems = Store(work / "store").verify().problems
     assert not problems, problems
     noop, incr = statistics.median(t_noop), statistics.median(t_incr)
     bnoop, bincr = statistics.median(b_noop), statistics.median(b_incr)

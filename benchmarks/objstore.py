@@ -96,7 +96,8 @@ def load_vs_shards(work: Path, bucket: str, counts: list[int], rows: int = 16384
     import pyarrow as pa
     import torch
 
-    from storage.store import CHUNK_SCHEMA, Store
+    from storage.schema import CHUNK_SCHEMA, ManifestRow
+    from storage.store import Store
     from tasks.retrieve import load_dense_index
 
     out = []
@@ -117,8 +118,8 @@ def load_vs_shards(work: Path, bucket: str, counts: list[int], rows: int = 16384
                     if f.name not in chunks.column_names:
                         chunks = chunks.append_column(f, pa.nulls(per, f.type))
                 emb = torch.nn.functional.normalize(torch.randn(per, dim), dim=1)
-                man = [{"doc_id": d, "path": d, "sha256": "h", "size": 1, "mtime": 0.0, "n_chunks": 1,
-                        "embedder": "bench", "chunking": "c", "status": "indexed", "indexed_at": 0.0} for d in ids]
+                man = [ManifestRow(doc_id=d, path=d, sha256="h", size=1, mtime=0.0, n_chunks=1, shard="",
+                                   embedder="bench", chunking="c", status="indexed", indexed_at=0.0) for d in ids]
                 writes.append(st.write_shard(emb, chunks, man))
             st.commit(fp, dim, writes)
             times[where] = statistics.median(timed(lambda loc=loc: load_dense_index(Store(loc), "cpu", check_sha=True))
@@ -147,14 +148,15 @@ def main() -> None:
     args = ap.parse_args()
 
     server, bucket = start_s3()
-    from flows.answer import GenerationSettings, run_answer
+    from flows.answer import run_answer
     from flows.index import run_index
     from flows.runners import prefect_api
+    from tasks.config import GenerationConfig
     from tasks.retrieve import _INDEX_CACHE, open_index
 
     work = Path(tempfile.mkdtemp(prefix="ragbatch-objstore-"))
     docs, qfile = corpus(work / "docs", args.n), questions(work / "q.jsonl", args.questions)
-    gs = GenerationSettings(generator=args.generator, max_new_tokens=16)
+    gs = GenerationConfig(generator=args.generator, max_new_tokens=16)
     rows: dict[str, list[float]] = {k: [] for k in ("index_local", "index_s3", "answer_local", "answer_s3",
                                                      "load_local", "load_s3")}
     with prefect_api():

@@ -61,13 +61,14 @@ def direct_index(docs: str, store: str, batch_docs: int) -> int:
     from flows.index import compact_task, embed_batch_task, load_task, plan_task, resolve_task
     from storage.store import Store
     from tasks.chunk import ChunkSettings
-    from tasks.embed import DEFAULT_EMBEDDER
+    from tasks.config import IndexConfig
     from tasks.indexing import compaction_due
 
-    settings = ChunkSettings(200, 32)
+    ic = IndexConfig()
+    settings = ChunkSettings(ic.chunk_tokens, ic.overlap_tokens)
     with disable_run_logger():
-        config = resolve_task.fn(DEFAULT_EMBEDDER)
-        loaded = load_task.fn(docs)
+        config = resolve_task.fn(ic.embedder)
+        loaded = load_task.fn(docs, ic.follow_symlinks)
         st = Store(store)
         with st.lock():
             plan = plan_task.fn(store, loaded, config, settings)
@@ -80,8 +81,8 @@ def direct_index(docs: str, store: str, batch_docs: int) -> int:
                 r = embed_batch_task.fn(store, todo[i : i + batch_docs], config, settings, None)
                 meta = st.commit(fp, dim, [r.shard])
                 chunks += r.chunks
-            if compaction_due(meta, 0.3):
-                compact_task.fn(store, 0.3)
+            if compaction_due(meta, ic.compact_dead_ratio):
+                compact_task.fn(store, ic.compact_dead_ratio)
     return chunks
 
 
@@ -90,28 +91,25 @@ def direct_answer(questions: str, store: str, out: str, generator: str, k: int, 
     from prefect.logging import disable_run_logger
 
     from flows.answer import (
-        DEFAULT_RETRIEVER,
+        BatchAnswers,
         answers_markdown,
         generate_task,
         load_questions_task,
+        result_rows,
         retrieve_task,
         write_task,
     )
-    from tasks.metrics import answers_differ
+    from tasks.config import GenerationConfig, RetrievalConfig
     from tasks.retrieve import embedder_for_store
 
+    rc, gs = RetrievalConfig(k=k), GenerationConfig(generator=generator, max_new_tokens=max_new_tokens)
     with disable_run_logger():
         config = embedder_for_store(store, None)
         loaded = load_questions_task.fn([questions])
         qs = loaded.questions
-        hits, t_ret = retrieve_task.fn(store, qs, k, config.name, None, DEFAULT_RETRIEVER, None)
-        no_rag, rag, t_gen = generate_task.fn(generator, qs, hits, max_new_tokens, 16, None)
-        rows = [{"question_id": q.id, "question": q.question, "source": q.source, "gold_answers": list(q.answers),
-                 "chunk_ids": h.chunk_ids, "doc_ids": h.doc_ids, "scores": h.scores, "chunk_texts": h.texts,
-                 "no_rag_answer": a0, "rag_answer": a1, "answers_differ": answers_differ(a0, a1),
-                 "generator": generator, "embedder": config.name, "retriever": DEFAULT_RETRIEVER, "k": k,
-                 "retrieve_s": t_ret / len(qs), "generate_s": t_gen / len(qs)}
-                for q, h, a0, a1 in zip(qs, hits, no_rag, rag, strict=True)]
+        hits, t_ret = retrieve_task.fn(store, qs, rc, config, None)
+        b = BatchAnswers(hits, generate_task.fn(gs, qs, hits, None), t_ret)
+        rows = result_rows(qs, b, rc, generator, config.name)
         write_task.fn(out, rows, {"flow": "answer", "generator": generator, "k": k})
         answers_markdown(rows)
     return len(rows)
@@ -232,7 +230,7 @@ def main() -> None:
             kw = {"runner": "dask", "dask_workers": workers} if kind == "dask" else {}
             try:
                 chunks, secs = timed(prefect_index, docs, store, a.dask_batch_docs, **kw)
-                problems = Store(store).check().problems
+                problems = Store(store).verify().problems
                 err = None
             except Exception as exc:  # noqa: BLE001 - recorded, the benchmark goes on
                 chunks, secs, problems, err = 0, float("nan"), [], f"{type(exc).__name__}: {exc}"

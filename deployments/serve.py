@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import argparse
 import os
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from storage.fs import store_location
 from storage.paths import configure_environment, home
+from tasks.config import GenerationConfig, IndexConfig, RetrievalConfig, to_dict
 
 configure_environment()
 
@@ -47,13 +49,16 @@ def build_deployments(
     *,
     cron: str | None = DEFAULT_CRON,
     inbox_every: float = DEFAULT_INBOX_EVERY,
-    embedder: str | None = None,
-    generator: str | None = None,
-    retriever: str | None = None,
-    k: int | None = None,
+    index: IndexConfig | None = None,
+    retrieval: RetrievalConfig | None = None,
+    generation: GenerationConfig | None = None,
     device: str | None = None,
 ) -> list[Any]:
-    """The two ``RunnerDeployment`` objects (absolute paths as parameters; ``cron=None``: no schedule)."""
+    """The two ``RunnerDeployment`` objects (absolute paths as parameters; ``cron=None``: no schedule).
+
+    A config given is a parameter of its deployment (``index`` of the re-index one, ``retrieval`` and ``generation``
+    of the inbox one), saved as plain JSON; one not given leaves the flow's defaults.
+    """
     from prefect.deployments.runner import EntrypointType
 
     from flows.inbox import inbox_flow
@@ -68,11 +73,11 @@ def build_deployments(
         "inbox": absolute(inbox or default_inbox()), "results": absolute(results or default_results()),
         "store": store_s,
     }
-    for params, key, value in ((index_params, "embedder", embedder), (index_params, "device", device),
-                               (inbox_params, "generator", generator), (inbox_params, "retriever", retriever),
-                               (inbox_params, "k", k), (inbox_params, "device", device)):
+    for params, key, value in ((index_params, "config", index), (index_params, "device", device),
+                               (inbox_params, "retrieval", retrieval), (inbox_params, "generation", generation),
+                               (inbox_params, "device", device)):
         if value is not None:
-            params[key] = value
+            params[key] = value if isinstance(value, str) else to_dict(value)
     Path(inbox_params["inbox"]).mkdir(parents=True, exist_ok=True)
     Path(inbox_params["results"]).mkdir(parents=True, exist_ok=True)
     reindex = index_flow.to_deployment(
@@ -120,14 +125,32 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--cron", default=DEFAULT_CRON, help=f"re-index schedule (default '{DEFAULT_CRON}'; '' = none)")
     ap.add_argument("--inbox-every", type=float, default=DEFAULT_INBOX_EVERY,
                     help="seconds between inbox runs (0 = only when triggered)")
-    ap.add_argument("--embedder", default=None)
-    ap.add_argument("--generator", default=None)
-    ap.add_argument("--retriever", default=None)
-    ap.add_argument("-k", type=int, default=None)
     ap.add_argument("--device", default=None)
-    a = ap.parse_args(argv)
-    serve_deployments(a.docs, a.store, inbox=a.inbox, results=a.results, cron=a.cron, inbox_every=a.inbox_every,
-                      embedder=a.embedder, generator=a.generator, retriever=a.retriever, k=a.k, device=a.device)
+    groups = {"index": IndexConfig, "retrieval": RetrievalConfig, "generation": GenerationConfig}
+    for group, cls in groups.items():
+        _config_arguments(ap.add_argument_group(group), group, cls, skip={"retrieval.embedder"})
+    a = vars(ap.parse_args(argv))
+    configs = {}
+    for group, cls in groups.items():
+        given = {f.name: a[f"{group}.{f.name}"] for f in fields(cls) if a.get(f"{group}.{f.name}") is not None}
+        configs[group] = cls(**given) if given else None
+    serve_deployments(a["docs"], a["store"], inbox=a["inbox"], results=a["results"], cron=a["cron"],
+                      inbox_every=a["inbox_every"], device=a["device"], **configs)
+
+
+def _config_arguments(ap: Any, group: str, cls: type, skip: set[str]) -> None:
+    """One ``--field-name`` option per config field (``-k`` for k), default None: the config's own."""
+    defaults = cls()
+    for f in fields(cls):
+        if f"{group}.{f.name}" in skip:
+            continue
+        value = getattr(defaults, f.name)
+        kind: Any = (argparse.BooleanOptionalAction if isinstance(value, bool) else None)
+        parse = (None if kind else (lambda t: [float(w) for w in t.split(",")]) if isinstance(value, tuple)
+                 else type(value) if value is not None else str)
+        flags = ["-k"] if f.name == "k" else ["--" + f.name.replace("_", "-")]
+        extra: dict[str, Any] = {"action": kind} if kind else {"type": parse}
+        ap.add_argument(*flags, dest=f"{group}.{f.name}", default=None, help=f"default: {value}", **extra)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -13,15 +13,16 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from flows.answer import DEFAULT_GENERATOR, DEFAULT_RETRIEVER, GenerationSettings, answer_flow, report_task
+from flows.answer import answer_flow, report_task
 from flows.index import index_flow
 from flows.naming import run_name
 from storage.atomic import write_bytes_atomic
 from storage.reports import VERDICTS, metric_table, write_eval_report
-from storage.results import read_results
+from storage.results import ResultRow, read_results
+from tasks.config import GenerationConfig, IndexConfig, RetrievalConfig, apply_changes, to_dict, with_changes
 from tasks.datasets import EvalDataset, EvalQuestion, load_eval_dataset
-from tasks.embed import DEFAULT_EMBEDDER
 from tasks.evaluate import ChunkRef, recall_curve, relevant_chunks, score_question, score_retrieval, summarize
+from tasks.prompts import get_prompt
 from tasks.retrieve import chunks_of_documents, search
 
 
@@ -98,68 +99,64 @@ def eval_flow(
     store: str,
     out_dir: str,
     ks: list[int] | None = None,
-    context_k: int = 5,
     corpus: str | None = None,
     limit: int | None = None,
     sample: int | None = None,
     seed: int = 0,
-    retriever: str = DEFAULT_RETRIEVER,
-    rerank: str | None = None,
-    generator: str = DEFAULT_GENERATOR,
-    embedder: str = DEFAULT_EMBEDDER,
+    index: IndexConfig | None = None,
+    retrieval: RetrievalConfig | None = None,
+    generation: GenerationConfig | None = None,
     depth: int = 100,
-    max_new_tokens: int = 32,
-    gen_batch_size: int = 16,
     device: str | None = None,
     answers: bool = True,
-    retrieval_options: dict[str, Any] | None = None,
-    generation: GenerationSettings | None = None,
+    **changes: Any,
 ) -> EvalReport:
     """Retrieval (recall@k, MRR@10, nDCG@10) and answers (EM/F1 with vs without) measured separately.
 
-    ``generation`` (prompt, dtype, snapping, ...) wins over ``generator``/``max_new_tokens``/``gen_batch_size``.
+    ``index`` builds the store from the data set's passages; ``retrieval.k`` chunks are the generator's context.
+    ``changes`` are loose settings of the three configs (``context_k=2, generator=..., max_new_tokens=8``).
     """
     t0 = time.perf_counter()
-    gs = (generation or GenerationSettings(generator=generator, max_new_tokens=max_new_tokens,
-                                           batch_size=gen_batch_size)).resolved()
+    ic, rc, gs = apply_changes(changes, index or IndexConfig(), retrieval or RetrievalConfig(),
+                               generation or GenerationConfig())
+    gs = with_changes(gs, prompt=get_prompt(gs.prompt).name)
     ks = sorted(set(ks or [1, 5, 10]))
     out = Path(out_dir).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
     ds = load_dataset_task(dataset, corpus, limit, sample, seed)
-    idx = index_flow(str(ds.corpus), store, embedder=embedder, device=device)
+    idx = index_flow(str(ds.corpus), store, ic, device=device)
     qfile = out / "questions.jsonl"
     write_bytes_atomic(qfile, "".join(json.dumps({"id": q.id, "question": q.question, "answers": list(q.answers)})
                                       + "\n" for q in ds.questions).encode())
     ans = None
     if answers:
-        ans = answer_flow([str(qfile)], store, str(out / "answers.parquet"), k=context_k, retriever=retriever,
-                          rerank=rerank, device=device, retrieval_options=retrieval_options, generation=gs)
-    rankings, evidence = deep_retrieval_task(store, ds.questions, max(depth, max(ks), context_k), retriever,
-                                             device, rerank, options=retrieval_options)
+        ans = answer_flow([str(qfile)], store, str(out / "answers.parquet"), rc, gs, device=device)
+    options = {n: v for n, v in to_dict(rc).items() if n not in ("retriever", "k", "rerank")}
+    rankings, evidence = deep_retrieval_task(store, ds.questions, max(depth, max(ks), rc.k), rc.retriever,
+                                             device, rc.rerank, options=options)
     by_id = {r["question_id"]: r for r in read_results(ans.out).to_pylist()} if ans else {}
     rows = []
     for q, ranking, ev in zip(ds.questions, rankings, evidence, strict=True):
         if ans is None:
-            rows.append(score_retrieval(q, ranking, ev, ks))
+            rows.append(score_retrieval(q, ranking, ev, ks).to_record())
             continue
         a = by_id[q.id]
         text_of = {c.chunk_id: c for c in ranking + ev}
         context = [text_of.get(cid) or ChunkRef(cid, d, 0, 0, t)
                    for cid, d, t in zip(a["chunk_ids"], a["doc_ids"], a["chunk_texts"], strict=True)]
-        rows.append(score_question(q, ranking, ev, context, a["no_rag_answer"], a["rag_answer"], ks))
+        rows.append(score_question(q, ranking, ev, context, a["no_rag_answer"], a["rag_answer"], ks).to_record())
     summary = summarize(rows, ks)
-    matrix_dtype = (retrieval_options or {}).get("matrix_dtype")
-    if retriever == "ann" or matrix_dtype not in (None, "auto", "float32"):
+    if rc.retriever == "ann" or rc.matrix_dtype not in ("auto", "float32"):
         summary["recall@10 vs exact dense"] = dense_agreement_task(
-            store, ds.questions, "ann" if retriever == "ann" else "dense", 10, device, matrix_dtype)
+            store, ds.questions, "ann" if rc.retriever == "ann" else "dense", 10, device, rc.matrix_dtype)
     relevants = [relevant_chunks(q, ev) | relevant_chunks(q, rk)
                  for q, rk, ev in zip(ds.questions, rankings, evidence, strict=True)]
     curve = recall_curve([[c.chunk_id for c in rk] for rk in rankings], relevants, max(depth, max(ks)))
     examples = _examples(rows, by_id) if ans else {}
     config = {"flow": "evaluate", "dataset": ds.name, "dataset_notes": ds.notes, "questions": len(rows),
-              "store": store, "retriever": retriever, "rerank": rerank, "embedder": embedder, "generator": gs.generator,
-              "context_k": context_k, "ks": ks, "retrieval_options": retrieval_options,
-              "answers": answers, "depth": depth, "generation": asdict(gs),
+              "store": store, "retriever": rc.retriever, "rerank": rc.rerank, "embedder": ic.embedder,
+              "generator": gs.generator, "context_k": rc.k, "ks": ks, "indexing": to_dict(ic),
+              "retrieval": to_dict(rc), "generation": to_dict(gs), "answers": answers, "depth": depth,
               "generator_dtype": ans.dtype if ans else None, "seconds_answering": ans.seconds if ans else None,
               "padding_ratio": round(ans.padding_ratio, 3) if ans else None,
               "documents": ds.documents, "index": {"added": idx.added, "changed": idx.changed,
@@ -168,7 +165,8 @@ def eval_flow(
     answer_report = ""
     if ans:  # the answer run's page again, now with eval's verdicts and diagnoses (it knows the whole index)
         labels = {r["question_id"]: {k: r[k] for k in ("verdict", "failure_stage", "failure_detail")} for r in rows}
-        answer_report = Path(report_task(ans.out, list(by_id.values()), config, labels)[0]).name
+        answer_report = Path(report_task(ans.out, [ResultRow.from_record(r) for r in by_id.values()], config,
+                                         labels)[0]).name
     files = write_eval_report(out, rows, summary, curve, examples, config, answer_report)
     create_table_artifact(key="eval-metrics", table=[{"metric": k, "value": v} for k, v in metric_table(summary)],
                           description=f"Evaluation of {ds.name} ({len(rows)} questions)")

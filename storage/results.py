@@ -1,10 +1,13 @@
-"""The answer flow's result table (Parquet), the run config saved beside it, and the parts of a run in progress."""
+"""The answer flow's result table (Parquet) and its typed row, the run config saved beside it, and the parts of a run
+in progress."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import shutil
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from storage.atomic import atomic_path, write_json_atomic
-from storage.store import kill_point
+from storage.hooks import crash_point
 
 RESULT_SCHEMA = pa.schema(
     [
@@ -45,10 +48,50 @@ RESULT_SCHEMA = pa.schema(
 )
 
 
-def write_results(path: str | Path, rows: list[dict[str, Any]], config: dict[str, Any]) -> Path:
+@dataclass(frozen=True)
+class ResultRow:
+    """One question of the result table: RESULT_SCHEMA's columns, same names in the same order."""
+
+    question_id: str
+    question: str
+    source: str
+    gold_answers: list[str]
+    chunk_ids: list[str]
+    doc_ids: list[str]
+    scores: list[float]  # the retriever's own (RRF for hybrid, BM25, a reranker's)
+    dense_scores: list[float] | None  # None in tables written before the column existed
+    chunk_texts: list[str]
+    page_starts: list[int | None]
+    page_ends: list[int | None]
+    citations: list[dict[str, Any]]  # {passage, chunk_id, doc_id, page_start, page_end, inferred} (tasks/cite.py)
+    no_rag_answer: str
+    rag_answer: str
+    rag_raw: str
+    answers_differ: bool
+    generator: str
+    embedder: str
+    retriever: str
+    k: int
+    retrieve_s: float
+    generate_s: float
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> ResultRow:
+        """A row read back from a table (columns a table lacks, e.g. ``dense_scores`` in old ones, are None)."""
+        return cls(**{f.name: record.get(f.name) for f in fields(cls)})
+
+    def to_record(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def results_table(rows: Sequence[ResultRow]) -> pa.Table:
+    return pa.Table.from_pylist([r.to_record() for r in rows], schema=RESULT_SCHEMA)
+
+
+def write_results(path: str | Path, rows: Sequence[ResultRow], config: dict[str, Any]) -> Path:
     """Write the table atomically, and ``<name>.config.json`` (the run's settings) beside it."""
     path = Path(path).expanduser().resolve()
-    table = pa.Table.from_pylist(rows, schema=RESULT_SCHEMA)
+    table = results_table(rows)
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
     write_json_atomic(config_path(path), config)
@@ -80,18 +123,18 @@ class ResultParts:
         blob = json.dumps({"settings": settings, "batch": batch}, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
-    def get(self, key: str) -> list[dict[str, Any]] | None:
+    def get(self, key: str) -> list[ResultRow] | None:
         path = self.dir / f"{key}.parquet"
         try:
-            return pq.read_table(path, schema=RESULT_SCHEMA).to_pylist()
+            return [ResultRow.from_record(r) for r in pq.read_table(path, schema=RESULT_SCHEMA).to_pylist()]
         except (OSError, pa.ArrowException):
             return None
 
-    def put(self, key: str, rows: list[dict[str, Any]]) -> None:
+    def put(self, key: str, rows: Sequence[ResultRow]) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         with atomic_path(self.dir / f"{key}.parquet") as tmp:
-            pq.write_table(pa.Table.from_pylist(rows, schema=RESULT_SCHEMA), tmp)
-        kill_point("after-result-part")
+            pq.write_table(results_table(rows), tmp)
+        crash_point("after-result-part")
 
     def clear(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)

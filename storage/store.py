@@ -19,25 +19,18 @@ files that no committed generation references are orphans and are deleted by the
 :meth:`Store.verify` checks a store end to end (checksums, headers, row counts, liveness, norms) and
 :meth:`Store.compact` rewrites shards with many tombstoned rows into shards of live rows only.
 
-Test hook (crash tests only, never set it otherwise): ``RAGBATCH_TEST_KILL_AT=POINT:N[,POINT:N...]`` makes
-the process SIGKILL itself the N-th time (counted per process, from 1) it reaches POINT; ``POINT:N:stall``
-makes it stop there instead, holding its lock, until it is killed from outside (so a test can meet a live writer
-deterministically, without racing it):
-
-- ``mid-shard``          a shard's tensor file is in place, its chunk table is not yet written
-- ``after-shard``        both files of a shard are in place, not yet committed
-- ``after-manifest``     a commit's new manifest is in place, ``index.json`` not yet written
-- ``before-index-json``  ``index.json``'s temporary file is written and fsynced, not yet renamed
-- ``after-index-json``   ``index.json`` is renamed (committed), garbage not yet collected, BM25 not yet synced
-- ``after-bm25``         the BM25 index (``bm25/``) is synced to the new generation
+Crash tests stop a writer at named points (:func:`storage.hooks.crash_point`; storage/testing.py lists them).
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import time
 import uuid
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -45,18 +38,19 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from safetensors.torch import load as load_bytes
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as save_bytes
 
-from storage.atomic import TMP_MARK, atomic_path, remove_orphan_tmp, sha256_file, write_json_atomic
+from storage.atomic import TMP_MARK, remove_orphan_tmp, write_bytes_atomic, write_json_atomic
 from storage.bm25 import DiskBM25, SyncReport
 from storage.compact import compact_store
 from storage.fs import is_object_url, local_path
+from storage.hooks import crash_point
 from storage.lock import EMPTY_LOCK_STALE_S, LOCK_FILE, LOCK_GUARD_FILE, StoreLock
 from storage.meta import (
     COMPACT_SHARD_ROWS,
     FORMAT_VERSION,
     INDEX_FILE,
-    KILL_ENV,
     NORM_TOLERANCE,
     CompactReport,
     EmbedderMismatchError,
@@ -65,60 +59,18 @@ from storage.meta import (
     ShardWrite,
     StoreError,
     VerifyReport,
-    kill_point,
     live_keys,
     live_mask,
 )
+from storage.schema import CHUNK_SCHEMA, MANIFEST_SCHEMA, ManifestRow, conform_chunks, manifest_table
 from storage.verify import check_once, read_chunk_table, shard_rel
 
 __all__ = [
-    "CHUNK_SCHEMA", "COMPACT_SHARD_ROWS", "EMPTY_LOCK_STALE_S", "FORMAT_VERSION", "INDEX_FILE", "KILL_ENV",
-    "LOCK_FILE", "LOCK_GUARD_FILE", "MANIFEST_SCHEMA", "NORM_TOLERANCE", "CompactReport", "EmbedderMismatchError",
-    "IndexMeta", "ShardInfo", "ShardWrite", "Store", "StoreError", "StoreLock", "VerifyReport", "kill_point",
+    "CHUNK_SCHEMA", "COMPACT_SHARD_ROWS", "EMPTY_LOCK_STALE_S", "FORMAT_VERSION", "INDEX_FILE", "LOCK_FILE",
+    "LOCK_GUARD_FILE", "MANIFEST_SCHEMA", "NORM_TOLERANCE", "CompactReport", "EmbedderMismatchError", "IndexMeta",
+    "ManifestRow", "ShardInfo", "ShardWrite", "Store", "StoreError", "StoreLock", "VerifyReport", "conform_chunks",
     "live_keys", "live_mask",
 ]
-
-CHUNK_SCHEMA = pa.schema(
-    [
-        ("chunk_id", pa.string()),
-        ("doc_id", pa.string()),
-        ("doc_sha256", pa.string()),
-        ("chunk_index", pa.int32()),
-        ("text", pa.string()),
-        ("char_start", pa.int64()),
-        ("char_end", pa.int64()),
-        ("n_tokens", pa.int32()),
-        # Where the chunk is (issue 12); null for formats without pages or rows. Tables written before these
-        # columns existed read them as nulls (pq.read_table with this schema), so older stores load and verify.
-        ("page_start", pa.int32()),
-        ("page_end", pa.int32()),
-        ("row", pa.int64()),
-    ]
-)
-
-
-def conform_chunks(chunks: pa.Table) -> pa.Table:
-    """``chunks`` cast to CHUNK_SCHEMA; location columns a caller did not fill (issue 12) are added as nulls."""
-    for f in CHUNK_SCHEMA:
-        if f.name not in chunks.column_names:
-            chunks = chunks.append_column(f.name, pa.nulls(chunks.num_rows, f.type))
-    return chunks.select(CHUNK_SCHEMA.names).cast(CHUNK_SCHEMA)
-
-MANIFEST_SCHEMA = pa.schema(
-    [
-        ("doc_id", pa.string()),
-        ("path", pa.string()),
-        ("sha256", pa.string()),
-        ("size", pa.int64()),
-        ("mtime", pa.float64()),
-        ("n_chunks", pa.int32()),
-        ("shard", pa.string()),
-        ("embedder", pa.string()),
-        ("chunking", pa.string()),
-        ("status", pa.string()),
-        ("indexed_at", pa.float64()),
-    ]
-)
 
 
 class Store:
@@ -294,31 +246,30 @@ class Store:
 
     # ---------------------------------------------------------------- writing
     def write_shard(
-        self, embeddings: torch.Tensor, chunks: pa.Table, manifest_rows: list[dict[str, Any]]
+        self, embeddings: torch.Tensor, chunks: pa.Table, manifest_rows: Sequence[ManifestRow]
     ) -> ShardWrite:
-        """Write an immutable shard pair (uncommitted until :meth:`commit`)."""
+        """Write an immutable shard pair (uncommitted until :meth:`commit`), each file under a name never used."""
         if embeddings.shape[0] != chunks.num_rows:
             raise ValueError(f"{embeddings.shape[0]} embeddings for {chunks.num_rows} chunks")
         name = new_shard_name()
-        tpath, cpath = self.shard_paths(name)
-        self.shard_dir.mkdir(parents=True, exist_ok=True)
+        trel, crel = shard_rel(name)
         emb = embeddings.detach().to("cpu", torch.float32).contiguous()
-        with atomic_path(tpath) as tmp:
-            save_file({"embeddings": emb}, str(tmp), metadata={"format": "ragbatch", "rows": str(emb.shape[0])})
-        kill_point("mid-shard")
-        with atomic_path(cpath) as tmp:
-            pq.write_table(conform_chunks(chunks), tmp)
-        kill_point("after-shard")
-        info = ShardInfo(
-            name=name,
-            rows=int(emb.shape[0]),
-            dim=int(emb.shape[1]) if emb.ndim == 2 else 0,
-            dtype="float32",
-            sha256=sha256_file(tpath),
-            chunks_sha256=sha256_file(cpath),
-        )
-        rows = [dict(r, shard=name) for r in manifest_rows]
-        return ShardWrite(info=info, manifest_rows=rows)
+        tdata = save_bytes({"embeddings": emb}, metadata={"format": "ragbatch", "rows": str(emb.shape[0])})
+        self._put_once(trel, tdata)
+        crash_point("mid-shard")
+        sink = io.BytesIO()
+        pq.write_table(conform_chunks(chunks), sink)
+        cdata = sink.getvalue()
+        self._put_once(crel, cdata)
+        crash_point("after-shard")
+        info = ShardInfo(name=name, rows=int(emb.shape[0]), dim=int(emb.shape[1]) if emb.ndim == 2 else 0,
+                         dtype="float32", sha256=hashlib.sha256(tdata).hexdigest(),
+                         chunks_sha256=hashlib.sha256(cdata).hexdigest())
+        return ShardWrite(info=info, manifest_rows=[replace(r, shard=name) for r in manifest_rows])
+
+    def _put_once(self, rel: str, data: bytes) -> None:
+        """Write a new file of the store atomically (fsynced, then renamed into place)."""
+        write_bytes_atomic(self.root / rel, data)
 
     def commit(
         self,
@@ -337,21 +288,22 @@ class Store:
         old = self.meta() if self.exists() else None
         if old is not None and not replace_all and old.embedder.get("id") != embedder.get("id"):
             raise EmbedderMismatchError("commit with another embedder needs replace_all=True")
-        manifest = {} if (old is None or replace_all) else {r["doc_id"]: r for r in self.manifest(old).to_pylist()}
+        manifest: dict[str, ManifestRow] = {} if (old is None or replace_all) else {
+            r["doc_id"]: ManifestRow.from_record(r) for r in self.manifest(old).to_pylist()}
         for doc_id in remove_doc_ids:
             manifest.pop(doc_id, None)
         for w in writes:
             for row in w.manifest_rows:
-                manifest[row["doc_id"]] = row
+                manifest[row.doc_id] = row
         shards = [] if (old is None or replace_all) else [s for s in old.shards if s.name not in drop_shards]
         shards += [w.info for w in writes]
         live_per_shard: dict[str, int] = {}
         for row in manifest.values():
-            live_per_shard[row["shard"]] = live_per_shard.get(row["shard"], 0) + int(row["n_chunks"])
+            live_per_shard[row.shard] = live_per_shard.get(row.shard, 0) + int(row.n_chunks)
         # A shard with no live row is dead weight: drop it from the index now.
         shards = [s for s in shards if live_per_shard.get(s.name, 0) > 0]
         generation = (old.generation if old else 0) + 1
-        rows = sorted(manifest.values(), key=lambda r: r["doc_id"])
+        rows = sorted(manifest.values(), key=lambda r: r.doc_id)
         meta = IndexMeta(
             embedder=embedder,
             dim=dim,
@@ -363,22 +315,23 @@ class Store:
             documents=len(rows),
             updated_at=time.time(),
         )
-        self._publish(old, meta, pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA))
+        self._publish(old, meta, manifest_table(rows))
         # The BM25 index follows in its own (tantivy) commit. A crash before it leaves that index one generation
         # behind, which readers detect (they then build BM25 in memory) and the next commit or index run repairs.
         self.sync_bm25(meta, rebuild=rebuild_bm25)
-        kill_point("after-bm25")
+        crash_point("after-bm25")
         return meta
 
     def _publish(self, old: IndexMeta | None, meta: IndexMeta, manifest: pa.Table) -> None:
         """Write the new manifest, then rename ``index.json`` over the old one (the commit), then collect garbage."""
-        with atomic_path(self.root / meta.manifest) as tmp:
-            pq.write_table(manifest, tmp)
-        kill_point("after-manifest")
+        sink = io.BytesIO()
+        pq.write_table(manifest, sink)
+        self._put_once(meta.manifest or "", sink.getvalue())
+        crash_point("after-manifest")
         write_json_atomic(
-            self.root / INDEX_FILE, meta.to_json(), before_replace=lambda: kill_point("before-index-json")
+            self.root / INDEX_FILE, meta.to_json(), before_replace=lambda: crash_point("before-index-json")
         )
-        kill_point("after-index-json")
+        crash_point("after-index-json")
         # Shards of this writer that are still being written or wait for their commit (parallel batches on
         # Dask workers) are newer than its lock: spare them; the shards this commit dropped go now.
         self.collect_garbage(meta, spare_since=self._lock_since())
@@ -402,8 +355,7 @@ class Store:
         ``spare_since``: keep unreferenced files under ``shards/`` modified after this time.
         """
         meta = meta if meta is not None else self.meta()
-        keep = {INDEX_FILE, LOCK_FILE, meta.manifest}
-        keep_shards = {n for s in meta.shards for n in (f"{s.name}.safetensors", f"{s.name}.chunks.parquet")}
+        keep, keep_shards = self._kept(meta)
         removed: list[Path] = []
         if spare_since is None:
             remove_orphan_tmp(self.root)
@@ -428,14 +380,8 @@ class Store:
         return removed
 
     # ---------------------------------------------------------------- checking
-
-    # ---------------------------------------------------------------- checking
-    def verify(self) -> list[str]:
-        """Every problem of the committed generation, each naming its file (empty: the store is healthy)."""
-        return self.check().problems
-
-    def check(self) -> VerifyReport:
-        """Check the committed generation end to end (see :meth:`verify`), with counts for a report.
+    def verify(self) -> VerifyReport:
+        """Check the committed generation end to end; ``problems`` (each naming its file) is empty when healthy.
 
         Every shard listed in ``index.json`` exists with the recorded sha256, its safetensors header and
         chunk Parquet are readable and hold ``rows × dim`` float32 rows; the manifest is readable; each
@@ -454,9 +400,14 @@ class Store:
                 return rep
         return rep
 
+    @staticmethod
+    def _kept(meta: IndexMeta) -> tuple[set[str], set[str]]:
+        """The store's own files a generation keeps (top level) and its shards' files (under ``shards/``)."""
+        return ({INDEX_FILE, LOCK_FILE, meta.manifest or ""},
+                {n for s in meta.shards for n in (f"{s.name}.safetensors", f"{s.name}.chunks.parquet")})
+
     def _unreferenced(self, meta: IndexMeta) -> list[Path]:
-        keep = {INDEX_FILE, meta.manifest}
-        keep_shards = {n for s in meta.shards for n in (f"{s.name}.safetensors", f"{s.name}.chunks.parquet")}
+        keep, keep_shards = self._kept(meta)
         out = [p for p in self.root.glob("manifest-*.parquet") if p.name not in keep]
         out += [p for p in self.root.glob(f"{TMP_MARK}*")]
         if self.shard_dir.exists():

@@ -43,8 +43,8 @@ class IndexConfig:
     def __post_init__(self) -> None:
         _positive(self, "chunk_tokens", "batch_docs", "batch_chars")
         if not 0 <= self.overlap_tokens < self.chunk_tokens:
-            raise ConfigError(f"overlap_tokens {self.overlap_tokens}: must be between 0 and chunk_tokens - 1 "
-                              f"({self.chunk_tokens - 1})")
+            raise ConfigError(f"overlap_tokens {self.overlap_tokens}: must be between 0 and {self.chunk_tokens - 1} "
+                              "(below chunk_tokens)")
         _ratio(self, "compact_dead_ratio", "max_removal_ratio")
 
 
@@ -136,6 +136,25 @@ def with_changes(config: C, **changes: Any) -> C:
     return from_dict(type(config), {**asdict(config), **{k: v for k, v in changes.items() if v is not None}})
 
 
+# Loose names the Python entry points have always taken for a config field.
+ALIASES = {"gen_batch_size": "batch_size", "context_k": "k"}
+
+
+def apply_changes(changes: dict[str, Any], *configs: Any) -> tuple[Any, ...]:
+    """``configs`` with loose keyword settings applied (``k=3, generator="..."``): each name goes to the first
+    config with a field of that name (see :data:`ALIASES`), ``None`` values are ignored, and a name no config has
+    is refused, so a typo fails instead of running with a default."""
+    pending = {ALIASES.get(k, k): v for k, v in changes.items()}
+    out = []
+    for config in configs:
+        names = {f.name for f in fields(config)}
+        out.append(with_changes(config, **{k: pending.pop(k) for k in list(pending) if k in names}))
+    if pending:
+        known = sorted({f.name for c in configs for f in fields(c)})
+        raise ConfigError(f"unknown setting(s) {', '.join(sorted(pending))}; known: {', '.join(known)}")
+    return tuple(out)
+
+
 def load_run_config(path: str | Path) -> dict[str, Any]:
     """A run's saved config (``RESULTS.config.json``) as a dict, with its ``retrieval`` and ``generation``
     sections parsed into :class:`RetrievalConfig` / :class:`GenerationConfig` (the rest as saved)."""
@@ -156,14 +175,15 @@ def _positive(config: object, *names: str) -> None:
     for name in names:
         value = getattr(config, name)
         if type(value) is not int or value < 1:
-            raise ConfigError(f"{name} {value!r}: must be a whole number >= 1")
+            raise ConfigError(f"{name} {value!r}: must be at least 1 (a whole number)")
 
 
 def _ratio(config: object, *names: str) -> None:
     for name in names:
         value = getattr(config, name)
         if not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value <= 1:
-            raise ConfigError(f"{name} {value!r}: must be between 0 and 1")
+            shown = f"{value:g}" if isinstance(value, int | float) else repr(value)
+            raise ConfigError(f"{name} {shown}: must be between 0 and 1")
 
 
 def _choice(config: object, name: str, choices: tuple[str, ...]) -> None:

@@ -22,8 +22,10 @@ Definitions (also in the README):
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
+
+import pyarrow as pa
 
 from tasks.datasets import EvalQuestion
 from tasks.metrics import (
@@ -76,24 +78,92 @@ def _evidence_chunks(
     return out
 
 
+@dataclass
+class AnswerScores:
+    """Both answers of one question, scored (what an eval without ``--retrieval-only`` adds to its row)."""
+
+    no_rag_answer: str
+    no_rag_em: float
+    no_rag_f1: float
+    no_rag_contains: bool
+    no_rag_correct: bool
+    rag_answer: str
+    rag_em: float
+    rag_f1: float
+    rag_contains: bool
+    rag_correct: bool
+    context_chunk_ids: list[str]  # the chunks the generator saw
+    faithfulness: float
+    relevant_support: float
+    irrelevant_support: float
+    answers_differ: bool
+    verdict: str
+    change: str  # by F1: improved | worsened | unchanged
+    change_em: str
+    failure_stage: str | None
+    failure_detail: str
+
+
+@dataclass
+class EvalRow:
+    """One question of an eval report (``questions.parquet``, :func:`eval_schema`): retrieval, then answers.
+
+    :meth:`to_record` gives the table's columns: ``recall@k`` and ``hit@k`` per cut-off, ``mrr@10``, ``ndcg@10``.
+    """
+
+    question_id: str
+    question: str
+    gold_answers: list[str]
+    n_relevant: int
+    recall: dict[int, float]  # cut-off -> recall@k
+    hit: dict[int, float]
+    mrr_10: float
+    ndcg_10: float
+    first_relevant_rank: int | None
+    gold_chunk_rank: int | None
+    gold_chunk_exists: bool
+    answers: AnswerScores | None = None  # None: a retrieval-only eval
+
+    def to_record(self) -> dict[str, Any]:
+        row: dict[str, Any] = {"question_id": self.question_id, "question": self.question,
+                               "gold_answers": self.gold_answers, "n_relevant": self.n_relevant}
+        for k in self.recall:
+            row[f"recall@{k}"], row[f"hit@{k}"] = self.recall[k], self.hit[k]
+        row.update({"mrr@10": self.mrr_10, "ndcg@10": self.ndcg_10, "first_relevant_rank": self.first_relevant_rank,
+                    "gold_chunk_rank": self.gold_chunk_rank, "gold_chunk_exists": self.gold_chunk_exists})
+        if self.answers is not None:
+            row.update(asdict(self.answers))
+        return row
+
+
+def eval_schema(ks: list[int], answers: bool = True) -> pa.Schema:
+    """The Arrow schema of :meth:`EvalRow.to_record` rows (same columns, same order)."""
+    head = [("question_id", pa.string()), ("question", pa.string()), ("gold_answers", pa.list_(pa.string())),
+            ("n_relevant", pa.int64())]
+    cuts = [f for k in ks for f in ((f"recall@{k}", pa.float64()), (f"hit@{k}", pa.float64()))]
+    tail = [("mrr@10", pa.float64()), ("ndcg@10", pa.float64()), ("first_relevant_rank", pa.int64()),
+            ("gold_chunk_rank", pa.int64()), ("gold_chunk_exists", pa.bool_())]
+    scores = [(f.name, _ARROW[str(f.type)]) for f in fields(AnswerScores)]
+    return pa.schema(head + cuts + tail + (scores if answers else []))
+
+
+_ARROW = {"str": pa.string(), "float": pa.float64(), "bool": pa.bool_(), "str | None": pa.string(),
+          "list[str]": pa.list_(pa.string())}  # AnswerScores' annotations (strings: postponed evaluation)
+
+
 def score_retrieval(q: EvalQuestion, ranking: list[ChunkRef], evidence_chunks: list[ChunkRef],
-                    ks: list[int]) -> dict[str, Any]:
+                    ks: list[int]) -> EvalRow:
     """Retrieval metrics of one question; ``ranking`` is the deep ranking (best first), ``evidence_chunks``
     all indexed chunks of its evidence documents."""
     ids = [c.chunk_id for c in ranking]
     relevant = relevant_chunks(q, evidence_chunks) | relevant_chunks(q, ranking)
     golds = gold_chunks(q, evidence_chunks)
-    row: dict[str, Any] = {"question_id": q.id, "question": q.question, "gold_answers": list(q.answers),
-                           "n_relevant": len(relevant)}
-    for k in ks:
-        row[f"recall@{k}"] = recall_at_k(ids, relevant, k)
-        row[f"hit@{k}"] = hit_at_k(ids, relevant, k)
-    row["mrr@10"] = mrr_at_k(ids, relevant, 10)
-    row["ndcg@10"] = ndcg_at_k(ids, relevant, 10)
-    row["first_relevant_rank"] = first_relevant_rank(ids, relevant)
-    row["gold_chunk_rank"] = first_relevant_rank(ids, golds)
-    row["gold_chunk_exists"] = bool(golds)
-    return row
+    return EvalRow(question_id=q.id, question=q.question, gold_answers=list(q.answers), n_relevant=len(relevant),
+                   recall={k: recall_at_k(ids, relevant, k) for k in ks},
+                   hit={k: hit_at_k(ids, relevant, k) for k in ks},
+                   mrr_10=mrr_at_k(ids, relevant, 10), ndcg_10=ndcg_at_k(ids, relevant, 10),
+                   first_relevant_rank=first_relevant_rank(ids, relevant),
+                   gold_chunk_rank=first_relevant_rank(ids, golds), gold_chunk_exists=bool(golds))
 
 
 def score_question(
@@ -105,38 +175,32 @@ def score_question(
     rag_answer: str,
     ks: list[int],
     tau: float = SUPPORT_THRESHOLD,
-) -> dict[str, Any]:
+) -> EvalRow:
     """Every per-question number and label: retrieval (see :func:`score_retrieval`), both answers, and
     ``context``, the chunks the generator saw (the answer flow's top k)."""
     row = score_retrieval(q, ranking, evidence_chunks, ks)
     relevant = relevant_chunks(q, evidence_chunks) | relevant_chunks(q, ranking)
     golds = gold_chunks(q, evidence_chunks)
     context_rank = first_relevant_rank([c.chunk_id for c in context], golds)
-
+    arms = {}
     for arm, ans in (("no_rag", no_rag_answer), ("rag", rag_answer)):
-        row[f"{arm}_answer"] = ans
-        row[f"{arm}_em"] = exact_match(ans, q.answers)
-        row[f"{arm}_f1"] = token_f1(ans, q.answers)
-        row[f"{arm}_contains"] = contains_gold(ans, q.answers)
-        row[f"{arm}_correct"] = bool(row[f"{arm}_em"] or row[f"{arm}_contains"])
-
-    context_k = len(context)
-    row["context_chunk_ids"] = [c.chunk_id for c in context]
-    row["faithfulness"] = support(rag_answer, "\n".join(c.text for c in context))
+        em, contains = exact_match(ans, q.answers), contains_gold(ans, q.answers)
+        arms.update({f"{arm}_answer": ans, f"{arm}_em": em, f"{arm}_f1": token_f1(ans, q.answers),
+                     f"{arm}_contains": contains, f"{arm}_correct": bool(em or contains)})
     rel_support = max((support(rag_answer, c.text) for c in context if c.chunk_id in relevant), default=0.0)
     irr_support = max((support(rag_answer, c.text) for c in context if c.chunk_id not in relevant), default=0.0)
-    row["relevant_support"], row["irrelevant_support"] = rel_support, irr_support
-
     differ = answers_differ(no_rag_answer, rag_answer)
-    row["answers_differ"] = differ
-    row["verdict"] = verdict(differ, rel_support, irr_support, tau)
-    d_f1 = row["rag_f1"] - row["no_rag_f1"]
-    row["change"] = "improved" if d_f1 > 1e-9 else "worsened" if d_f1 < -1e-9 else "unchanged"
-    row["change_em"] = ("improved" if row["rag_em"] > row["no_rag_em"]
-                        else "worsened" if row["rag_em"] < row["no_rag_em"] else "unchanged")
-    stage, detail = diagnose(row["rag_correct"], golds, row["gold_chunk_rank"], context_rank, context_k, q,
+    d_f1 = arms["rag_f1"] - arms["no_rag_f1"]
+    stage, detail = diagnose(arms["rag_correct"], golds, row.gold_chunk_rank, context_rank, len(context), q,
                              evidence_chunks)
-    row["failure_stage"], row["failure_detail"] = stage, detail
+    row.answers = AnswerScores(
+        **arms, context_chunk_ids=[c.chunk_id for c in context],
+        faithfulness=support(rag_answer, "\n".join(c.text for c in context)), relevant_support=rel_support,
+        irrelevant_support=irr_support, answers_differ=differ, verdict=verdict(differ, rel_support, irr_support, tau),
+        change="improved" if d_f1 > 1e-9 else "worsened" if d_f1 < -1e-9 else "unchanged",
+        change_em=("improved" if arms["rag_em"] > arms["no_rag_em"]
+                   else "worsened" if arms["rag_em"] < arms["no_rag_em"] else "unchanged"),
+        failure_stage=stage, failure_detail=detail)
     return row
 
 

@@ -12,6 +12,8 @@ from typing import Any
 
 import pyarrow as pa
 
+from storage.meta import ShardWrite
+from storage.schema import CHUNK_SCHEMA, ManifestRow
 from storage.store import CompactReport, IndexMeta, Store
 from tasks.chunk import ChunkSettings, chunk_document
 from tasks.embed import EmbedderConfig, load_embedder
@@ -115,7 +117,7 @@ def removal_refusal(
 
 @dataclass
 class BatchResult:
-    shard: Any  # storage.store.ShardWrite
+    shard: ShardWrite
     documents: int
     chunks: int
     tokens: int
@@ -123,11 +125,10 @@ class BatchResult:
     embed_per_s: float
 
 
-BATCH_CHARS = 4_000_000  # text per batch: a huge document is embedded and committed on its own
 LARGE_DOCUMENT_CHARS = 10_000_000  # warn above this: such a document is one long batch (~3 min per MB on 2 cores)
 
 
-def plan_batches(documents: list[Document], batch_docs: int, batch_chars: int = BATCH_CHARS) -> list[list[Document]]:
+def document_batches(documents: list[Document], batch_docs: int, batch_chars: int) -> list[list[Document]]:
     """Consecutive batches of at most ``batch_docs`` documents and ``batch_chars`` characters.
 
     A document larger than ``batch_chars`` gets a batch (shard, commit) of its own, so the small files
@@ -165,27 +166,15 @@ def chunk_and_embed(
     t0 = time.perf_counter()
     model = load_embedder(embedder, device)
     rows: list[dict[str, Any]] = []
-    manifest_rows: list[dict[str, Any]] = []
+    manifest_rows: list[ManifestRow] = []
     now = time.time()
     for doc in documents:
         chunks = chunk_document(doc, model.tokenizer, settings, embedder.max_length, embedder.passage_prefix)
         rows += [c.__dict__ for c in chunks]
-        manifest_rows.append(
-            {
-                "doc_id": doc.doc_id,
-                "path": doc.path,
-                "sha256": doc.sha256,
-                "size": doc.size,
-                "mtime": doc.mtime,
-                "n_chunks": len(chunks),
-                "embedder": embedder.fingerprint["id"],
-                "chunking": settings.key,
-                "status": "indexed",
-                "indexed_at": now,
-            }
-        )
-    from storage.store import CHUNK_SCHEMA
-
+        manifest_rows.append(ManifestRow(
+            doc_id=doc.doc_id, path=doc.path, sha256=doc.sha256, size=doc.size, mtime=doc.mtime,
+            n_chunks=len(chunks), shard="", embedder=embedder.fingerprint["id"], chunking=settings.key,
+            status="indexed", indexed_at=now))
     table = pa.Table.from_pylist(rows, schema=CHUNK_SCHEMA)  # typed: a batch without pages has null columns
     texts = [r["text"] for r in rows]
     emb = model.embed_passages(texts, progress=progress)

@@ -77,7 +77,7 @@ def api_env(prefect_harness) -> dict[str, str]:
 
     from prefect.settings import PREFECT_API_URL
 
-    from storage.store import KILL_ENV
+    from storage.testing import KILL_ENV
 
     env = dict(os.environ, PREFECT_API_URL=PREFECT_API_URL.value(), PYTHONPATH=str(ROOT))
     env.pop(KILL_ENV, None)

@@ -8,6 +8,7 @@ import pyarrow.parquet as pq
 from conftest import FAST_GENERATOR
 from storage.store import Store
 from tasks.cite import citations, cite_columns, cited_where, split_citations, where
+from tasks.config import GenerationConfig
 from tasks.retrieve import SearchResult
 
 
@@ -47,14 +48,14 @@ def test_without_marks_the_supporting_passages_are_cited_as_inferred():
 
 
 def test_answers_on_the_documents_demo_cite_existing_chunks_with_pages(prefect_harness, tmp_path):
-    from flows.answer import GenerationSettings, run_answer
+    from flows.answer import run_answer
     from flows.index import run_index
     from tasks.demo_docs import build_docs_demo
 
     docs, questions = build_docs_demo(tmp_path)
     store, out = tmp_path / "store", tmp_path / "res.parquet"
     run_index(docs, store)
-    gs = GenerationSettings(generator=FAST_GENERATOR, prompt="extract-cite", max_new_tokens=12)
+    gs = GenerationConfig(generator=FAST_GENERATOR, prompt="extract-cite", max_new_tokens=12)
     rep = run_answer(questions, store, out, k=3, generation=gs)
     live = {c for s in Store(store).meta().shards for c in Store(store).read_chunks(s.name)["chunk_id"].to_pylist()}
     rows = pq.read_table(out).to_pylist()

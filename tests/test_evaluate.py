@@ -15,7 +15,7 @@ ROME = ChunkRef(f"{OTHER}#0", OTHER, 0, 40, "Rome is on the Tiber. The Tiber flo
 
 
 def _score(ranking, evidence, context, no_rag, rag):
-    return score_question(Q, ranking, evidence, context, no_rag, rag, [1, 5, 10])
+    return score_question(Q, ranking, evidence, context, no_rag, rag, [1, 5, 10]).to_record()
 
 
 def test_relevance_is_span_overlap_and_gold_is_containment():
@@ -72,3 +72,16 @@ def test_same_answer_and_worsened_counts():
     assert worse["change"] == "worsened" and worse["change_em"] == "worsened"
     s = summarize([same, worse], [1, 5, 10])
     assert (s["differ"], s["misled"], s["f1_worsened"], s["fail_retriever"], s["rag_wrong"]) == (1, 1, 1, 1, 1)
+
+
+def test_eval_row_matches_its_schema():
+    """EvalRow's record and eval_schema are one table: same columns in the same order, with and without answers."""
+    import pyarrow as pa
+
+    from tasks.evaluate import eval_schema, score_retrieval
+
+    full = score_question(Q, [WHOLE, ROME], [WHOLE], [WHOLE, ROME], "The Thames", "the Seine", [1, 5])
+    for row, answers in ((full, True), (score_retrieval(Q, [WHOLE], [WHOLE], [1, 5]), False)):
+        record = row.to_record()
+        assert list(record) == eval_schema([1, 5], answers).names
+        assert pa.Table.from_pylist([record], schema=eval_schema([1, 5], answers)).to_pylist() == [record]

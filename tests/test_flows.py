@@ -135,8 +135,9 @@ def test_answer_flow_writes_results_and_reports_bad_rows(prefect_harness, corpus
 
 def test_answer_run_records_its_generation_settings(prefect_harness, corpus, tmp_path):
     """dtype, prompt, token budget and snapping are one typed config, saved with the run; raw output kept."""
-    from flows.answer import GenerationSettings, run_answer
+    from flows.answer import run_answer
     from flows.index import run_index
+    from tasks.config import GenerationConfig
     from tasks.metrics import normalize_answer
 
     store = tmp_path / "store"
@@ -145,7 +146,7 @@ def test_answer_run_records_its_generation_settings(prefect_harness, corpus, tmp
     qfile.write_text("".join(json.dumps({"id": f"q{i}", "question": q}) + "\n" for i, q in enumerate(
         ["How many tokens was Llama 3 trained on?", "What is the capital of France?", "Which river flows north?"])))
     out = tmp_path / "res.parquet"
-    gs = GenerationSettings(generator=FAST_GENERATOR, dtype="float32", prompt="extract", max_new_tokens=12)
+    gs = GenerationConfig(generator=FAST_GENERATOR, dtype="float32", prompt="extract", max_new_tokens=12)
     rep = run_answer(qfile, store, out, k=2, generation=gs)
     assert rep.dtype == "float32" and rep.prompt_tokens > 0 and rep.padding_ratio <= 1.15
     config = json.loads((tmp_path / "res.config.json").read_text())
@@ -163,7 +164,7 @@ def test_killed_answer_run_resumes_from_its_finished_batches(prefect_harness, ap
     """A run killed after its second batch (of three) redoes only the third; the table equals a clean run's."""
     from flows.answer import run_answer
     from flows.index import run_index
-    from storage.store import KILL_ENV
+    from storage.testing import KILL_ENV
 
     store = tmp_path / "store"
     run_index(corpus, store)
@@ -204,3 +205,33 @@ def test_query_with_another_embedder_is_refused(prefect_harness, corpus, tmp_pat
     pool.write_text(json.dumps(cfg))
     with pytest.raises(EmbedderMismatchError, match=r"built with embedder 'all-MiniLM-L6-v2'.*minilm-cls"):
         search(str(store), ["anything"], embedder=str(other))
+
+
+def test_answer_reruns_from_its_config_file(prefect_harness, api_env, corpus, tmp_path):
+    """`ragbatch answer --config RUN.config.json` restores questions, store and settings; given options win."""
+    from flows.index import run_index
+
+    store = tmp_path / "store"
+    run_index(corpus, store)
+    qfile = tmp_path / "q.jsonl"
+    qfile.write_text("".join(json.dumps({"id": f"q{i}", "question": q}) + "\n" for i, q in enumerate(
+        ["How many tokens was Llama 3 trained on?", "Which river flows north in Africa?"])))
+
+    def cli(*args: str) -> None:
+        proc = subprocess.run([sys.executable, "-m", "ragbatch.cli", "answer", *args], cwd=ROOT, env=api_env,
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+
+    first = tmp_path / "first.parquet"
+    cli(str(qfile), "--store", str(store), "--out", str(first), "-k", "2", "--retriever", "bm25", "--rrf-k", "7",
+        "--generator", FAST_GENERATOR, "--max-new-tokens", "6", "--no-snap")
+    saved = json.loads((tmp_path / "first.config.json").read_text())
+    assert saved["retrieval"]["retriever"] == "bm25" and saved["retrieval"]["rrf_k"] == 7
+    assert saved["generation"]["max_new_tokens"] == 6 and saved["generation"]["snap"] is False
+    again = tmp_path / "again.parquet"
+    cli("--config", str(tmp_path / "first.config.json"), "--out", str(again))  # --out given: it wins
+    rerun = json.loads((tmp_path / "again.config.json").read_text())
+    assert (rerun["retrieval"], rerun["generation"], rerun["questions"]) == (
+        saved["retrieval"], saved["generation"], saved["questions"])
+    timings = ["retrieve_s", "generate_s"]
+    assert pl.read_parquet(again).drop(timings).equals(pl.read_parquet(first).drop(timings))

@@ -24,7 +24,9 @@ from markdown_it import MarkdownIt
 from typer.testing import CliRunner
 
 from conftest import FAST_GENERATOR, ROOT, write_corpus
-from storage.store import KILL_ENV, Store
+from storage.schema import ManifestRow
+from storage.store import Store
+from storage.testing import KILL_ENV
 
 SECRET = "The vault combination is zebra quartz 9931 and the root password is hunter2."
 HOSTILE = '<script>alert("x")</script> <img src=x onerror=alert(1)> ![t](http://tracker.invalid/p.png)\n| a | b |'
@@ -97,7 +99,7 @@ def test_symlinks_outside_the_folder_are_skipped_and_purged(api_env, tmp_path):
         out = _cli("search", "vault combination zebra quartz root password", "--store", str(store), "-k", "10",
                    "--retriever", retriever)
         assert out.exit_code == 0 and "link_out" not in out.output and "zebra" not in out.output, out.output
-    assert Store(store).verify() == []
+    assert Store(store).verify().problems == []
 
 
 # ---------------------------------------------------------------- finding 3: rich markup and emoji
@@ -204,7 +206,7 @@ def test_a_wrong_or_empty_folder_never_wipes_the_index(prefect_harness, api_env,
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     now = {r["doc_id"]: (r["shard"], r["indexed_at"]) for r in Store(store).manifest().to_pylist()}
     assert {d: now[d] for d in before} == before and len(now) == 8  # old documents untouched, two new ones
-    assert Store(store).verify() == []
+    assert Store(store).verify().problems == []
     from tasks.retrieve import search
 
     queries = [old[f"old-{i}.txt"] for i in range(6)]
@@ -215,7 +217,7 @@ def test_a_wrong_or_empty_folder_never_wipes_the_index(prefect_harness, api_env,
     proc = subprocess.run(cmd, env=api_env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert _doc_ids(store) == {f"new-{i}.txt" for i in range(4)}
-    assert Store(store).verify() == [] and Store(store).check().orphans == []
+    assert Store(store).verify().problems == [] and Store(store).verify().orphans == []
 
 
 # ---------------------------------------------------------------- finding 8: refused up front, no traceback
@@ -273,15 +275,15 @@ def test_a_full_disk_names_the_file_and_keeps_the_previous_generation(tmp_path):
             chunks = pa.Table.from_pylist([
                 {"chunk_id": f"{doc}#{i}", "doc_id": doc, "doc_sha256": "h", "chunk_index": i, "text": "t",
                  "char_start": 0, "char_end": 1, "n_tokens": 1} for i in range(rows)])
-            manifest = [{"doc_id": doc, "path": doc, "sha256": "h", "size": 1, "mtime": 0.0, "n_chunks": rows,
-                         "embedder": fp["id"], "chunking": "c", "status": "indexed", "indexed_at": 0.0}]
+            manifest = [ManifestRow(doc_id=doc, path=doc, sha256="h", size=1, mtime=0.0, n_chunks=rows, shard="",
+                                    embedder=fp["id"], chunking="c", status="indexed", indexed_at=0.0)]
             emb = torch.nn.functional.normalize(torch.randn(rows, 64), dim=1)
             return st.write_shard(emb, chunks, manifest)
 
         meta = st.commit(fp, 64, [shard("small", 2)])
         with pytest.raises(OSError, match=rf"No space left on device while writing {re.escape(str(st.shard_dir))}/"):
             shard("big", 4000)  # 1 MB of float32 into 256 KB
-        assert st.verify() == [] and st.meta().generation == meta.generation
+        assert st.verify().problems == [] and st.meta().generation == meta.generation
     finally:
         subprocess.run(["umount", str(tiny)], check=False)
 
@@ -335,16 +337,16 @@ def test_a_killed_cli_takes_its_temporary_prefect_server_with_it(tmp_path):
 
 def test_a_huge_document_is_a_batch_of_its_own(prefect_harness, api_env, tmp_path):
     """Issue 10 finding 6: the small files around a huge document are committed before it, and survive a kill."""
-    from tasks.indexing import large_documents, plan_batches
+    from tasks.indexing import document_batches, large_documents
     from tasks.load import load_documents
 
     small = {f"{c}.txt": f"Small note {c}: the {c} key opens the shed." for c in "abcd"}
     big = " ".join(f"Paragraph {i} of the big report mentions ledger entry {i * 7}." for i in range(1500))
     docs = write_corpus(tmp_path / "docs", {**small, "big.txt": big})
     loaded = load_documents(docs).documents
-    batches = plan_batches(loaded, batch_docs=256, batch_chars=20_000)
+    batches = document_batches(loaded, batch_docs=256, batch_chars=20_000)
     assert [[d.doc_id for d in b] for b in batches] == [["a.txt", "b.txt"], ["big.txt"], ["c.txt", "d.txt"]]
-    assert plan_batches(loaded, batch_docs=3, batch_chars=10**9)[0] == loaded[:3]  # the document count still caps
+    assert document_batches(loaded, batch_docs=3, batch_chars=10**9)[0] == loaded[:3]  # the document count still caps
     (warning,) = large_documents(loaded, limit=50_000)
     assert "big.txt" in warning and "one batch of its own" in warning
 
@@ -355,7 +357,7 @@ def test_a_huge_document_is_a_batch_of_its_own(prefect_harness, api_env, tmp_pat
                           text=True, timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     assert {r["doc_id"] for r in Store(store).manifest().to_pylist()} == {"a.txt", "b.txt"}
-    assert Store(store).verify() == []
+    assert Store(store).verify().problems == []
     proc = subprocess.run(cmd, env=api_env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     shards = {r["doc_id"]: r["shard"] for r in Store(store).manifest().to_pylist()}

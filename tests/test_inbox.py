@@ -85,14 +85,18 @@ def test_inbox_flow_answers_new_files_once_and_moves_failures(prefect_harness, t
 
 def test_deployments_carry_schedules_and_absolute_parameters(tmp_path, monkeypatch):
     from deployments.serve import build_deployments
+    from tasks.config import GenerationConfig, RetrievalConfig, to_dict
 
     monkeypatch.chdir(tmp_path)
-    reindex, inbox = build_deployments("docs", "store", "in", "res", generator=FAST_GENERATOR, k=2)
+    reindex, inbox = build_deployments("docs", "store", "in", "res", retrieval=RetrievalConfig(k=2, rerank_depth=7),
+                                       generation=GenerationConfig(generator=FAST_GENERATOR))
     assert (reindex.name, inbox.name) == ("reindex", "inbox")
     assert reindex.entrypoint == "flows.index.index_flow" and inbox.entrypoint == "flows.inbox.inbox_flow"
     assert reindex.parameters == {"docs_dir": str(tmp_path / "docs"), "store": str(tmp_path / "store")}
     assert inbox.parameters == {"inbox": str(tmp_path / "in"), "results": str(tmp_path / "res"),
-                                "store": str(tmp_path / "store"), "generator": FAST_GENERATOR, "k": 2}
+                                "store": str(tmp_path / "store"),
+                                "retrieval": to_dict(RetrievalConfig(k=2, rerank_depth=7)),
+                                "generation": to_dict(GenerationConfig(generator=FAST_GENERATOR))}
     assert (tmp_path / "in").is_dir() and (tmp_path / "res").is_dir()
     assert [s.schedule.cron for s in reindex.schedules] == ["0 2 * * *"]
     assert [s.schedule.interval.total_seconds() for s in inbox.schedules] == [300]

@@ -8,6 +8,7 @@ Prefect test server (``PREFECT_API_URL`` of the harness) instead of starting the
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -25,7 +26,9 @@ import torch
 
 from conftest import ROOT, write_corpus
 from storage.bm25 import DiskBM25
-from storage.store import EMPTY_LOCK_STALE_S, KILL_ENV, Store, StoreError
+from storage.schema import ManifestRow
+from storage.store import EMPTY_LOCK_STALE_S, Store, StoreError
+from storage.testing import KILL_ENV
 from tasks.bm25 import build_bm25
 from tasks.retrieve import load_dense_index, search
 
@@ -47,8 +50,8 @@ def _shard(store: Store, docs: dict[str, tuple[str, int]], seed: int = 0, scale:
             cid = f"{doc_id}#0" if dup else f"{doc_id}#{i}"
             rows.append({"chunk_id": cid, "doc_id": doc_id, "doc_sha256": sha, "chunk_index": 0 if dup else i,
                          "text": f"{doc_id} chunk {i}", "char_start": 0, "char_end": 1, "n_tokens": 1})
-        manifest.append({"doc_id": doc_id, "path": doc_id, "sha256": sha, "size": 1, "mtime": 0.0, "n_chunks": n,
-                         "embedder": FP["id"], "chunking": "c", "status": "indexed", "indexed_at": 0.0})
+        manifest.append(ManifestRow(doc_id=doc_id, path=doc_id, sha256=sha, size=1, mtime=0.0, n_chunks=n, shard="",
+                                    embedder=FP["id"], chunking="c", status="indexed", indexed_at=0.0))
     emb = torch.nn.functional.normalize(torch.randn(len(rows), 4, generator=g), dim=1) * scale
     return store.write_shard(emb, pa.Table.from_pylist(rows), manifest)
 
@@ -94,50 +97,50 @@ def _index_cmd(docs: Path, store: Path, batch_docs: int) -> list[str]:
 def test_verify_names_each_problem(tmp_path):
     st = Store(tmp_path / "s")
     st.commit(FP, 4, [_shard(st, {"a": ("h1", 2), "b": ("h1", 3)})])
-    assert st.verify() == []
-    rep = st.check()
+    assert st.verify().problems == []
+    rep = st.verify()
     assert (rep.documents, rep.live_rows, rep.total_rows, rep.shards) == (2, 5, 5, 1)
 
     # Rows that are not unit vectors: the safetensors file, the row and its norm are named.
     st.commit(FP, 4, [_shard(st, {"c": ("h1", 2)}, scale=1.01)])
-    (problem,) = st.verify()
+    (problem,) = st.verify().problems
     c_shard = st.manifest().to_pylist()[2]["shard"]
     assert f"{c_shard}.safetensors: 2 live rows do not have unit norm" in problem and "norm 1.01" in problem
     st.commit(FP, 4, [], remove_doc_ids={"c"})
-    assert st.verify() == []
+    assert st.verify().problems == []
 
     # A chunk id live twice (and chunk indices not 0..n-1).
     st.commit(FP, 4, [_shard(st, {"d": ("h1", 2)}, dup=True)])
-    problems = st.verify()
+    problems = st.verify().problems
     assert any("chunk id 'd#0' is live 2 times" in p for p in problems)
     assert any("document 'd': live chunk indices [0, 0] are not 0..1" in p for p in problems)
     st.commit(FP, 4, [], remove_doc_ids={"d"})
 
     # A manifest whose n_chunks disagrees with the rows: the manifest, document and shard are named.
     w = _shard(st, {"e": ("h1", 2)})
-    w.manifest_rows[0]["n_chunks"] = 3
+    w.manifest_rows[0] = dataclasses.replace(w.manifest_rows[0], n_chunks=3)
     meta = st.commit(FP, 4, [w])
-    problems = st.verify()
+    problems = st.verify().problems
     assert any(f"{meta.manifest}: document 'e' has n_chunks 3 but 2 live rows in shard {w.info.name}" in p
                for p in problems)
     assert any("index.json: live_rows 8, but 7 rows are live" in p for p in problems)
     st.commit(FP, 4, [], remove_doc_ids={"e"})
-    assert st.verify() == []
+    assert st.verify().problems == []
 
     # Missing shard file and an unreadable manifest.
     info = st.meta().shards[0]
     tpath, cpath = st.shard_paths(info.name)
     tpath.rename(tmp_path / "saved")
-    assert st.verify() == [f"{tpath}: missing (listed in index.json)"]
+    assert st.verify().problems == [f"{tpath}: missing (listed in index.json)"]
     (tmp_path / "saved").rename(tpath)
     mpath = st.root / st.meta().manifest
     saved = mpath.read_bytes()
     mpath.write_bytes(saved[:-20])
-    assert any(p.startswith(f"{mpath}: unreadable manifest") for p in st.verify())
+    assert any(p.startswith(f"{mpath}: unreadable manifest") for p in st.verify().problems)
     mpath.write_bytes(saved)
-    assert st.verify() == []
+    assert st.verify().problems == []
     (st.root / "index.json").write_text("{not json")
-    assert st.verify()[0].startswith(f"{st.root / 'index.json'}: unreadable index metadata")
+    assert st.verify().problems[0].startswith(f"{st.root / 'index.json'}: unreadable index metadata")
 
 
 # ---------------------------------------------------------------- compaction (store level)
@@ -162,12 +165,13 @@ def test_compaction_copies_live_rows_exactly_and_respects_the_threshold(tmp_path
     assert a not in names and b in names and c in names
     assert not st.shard_paths(a)[0].exists() and not st.shard_paths(a)[1].exists()  # old files collected
     assert {r["doc_id"]: r["shard"] for r in st.manifest().to_pylist()}["b"] == rep.written[0]  # re-pointed
-    assert st.verify() == [] and st.meta().dead_ratio == pytest.approx(1 / 17)
+    assert st.verify().problems == [] and st.meta().dead_ratio == pytest.approx(1 / 17)
 
     # Everything with a dead row, packed into shards of at most 4 rows without splitting a document.
     rep = st.compact(0.0, shard_rows=4)
     assert rep.compacted == [b] and len(rep.written) == 3 and (rep.dead_rows_dropped, rep.rows_copied) == (1, 9)
-    assert st.verify() == [] and st.meta().total_rows == st.meta().live_rows == 16 and st.check().orphans == []
+    rep = st.verify()
+    assert rep.problems == [] and st.meta().total_rows == st.meta().live_rows == 16 and rep.orphans == []
     after = _live(st)
     assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
     assert st.compact().compacted == []
@@ -184,14 +188,15 @@ def test_compaction_killed_at_any_point_keeps_the_store_valid(tmp_path):
         proc = subprocess.run([sys.executable, "-m", "ragbatch.cli", "compact", "--store", str(st.root)],
                               env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
         assert proc.returncode == -signal.SIGKILL, proc.stderr
-        assert st.verify() == [] and st.meta().generation == gen and st.check().orphans  # old generation intact
+        rep = st.verify()
+        assert rep.problems == [] and st.meta().generation == gen and rep.orphans  # old generation intact
     env.pop(KILL_ENV)
     proc = subprocess.run([sys.executable, "-m", "ragbatch.cli", "compact", "--store", str(st.root)],
                           env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "compacted 1 shards into 1: 2 dead rows dropped" in proc.stdout, proc.stdout
     after = _live(st)
     assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
-    assert st.verify() == [] and st.check().orphans == []
+    assert st.verify().problems == [] and st.verify().orphans == []
 
 
 # ---------------------------------------------------------------- lock details
@@ -293,7 +298,7 @@ def test_tombstoned_chunks_never_return_before_or_after_compaction(prefect_harne
         (docs / f"doc-{i:04d}.txt").write_text(_doc_text(i, version=2))
     r = run_index(docs, store, batch_docs=4)  # 4 of 13 rows dead > 0.3
     assert r.changed == 4 and r.compacted_shards >= 1 and r.dead_rows_dropped == 4 and r.dead_ratio == 0.0
-    assert Store(store).verify() == []
+    assert Store(store).verify().problems == []
     (res,), _ = search(str(store), [_doc_text(3)], k=100, retriever="bm25")
     assert _doc_text(3) not in res.texts and len(res.doc_ids) == 9
 
@@ -306,7 +311,7 @@ def test_corrupt_files_are_named_by_verify_and_refused_by_search(prefect_harness
 
     good = tmp_path / "good"
     run_index(_make_corpus(tmp_path / "docs", 6), good, batch_docs=3)
-    assert Store(good).verify() == []
+    assert Store(good).verify().problems == []
     for what in ("flip", "truncate"):
         store = tmp_path / what
         shutil.copytree(good, store)
@@ -321,7 +326,7 @@ def test_corrupt_files_are_named_by_verify_and_refused_by_search(prefect_harness
         else:
             target = cpath
             cpath.write_bytes(cpath.read_bytes()[: cpath.stat().st_size // 2])
-        problems = st.verify()
+        problems = st.verify().problems
         assert problems and all(str(target) in p for p in problems), problems
         assert any(f"{target}: sha256 mismatch" in p for p in problems)
         if what == "truncate":
@@ -351,9 +356,9 @@ def test_killed_runs_resume_to_a_clean_full_index(prefect_harness, api_env, tmp_
         assert len(now) == expect, point
         assert all(now[d] == committed[d] for d in committed), point  # nothing committed before was redone
         committed = now
-        assert Store(store).verify() == [], point
+        assert Store(store).verify().problems == [], point
         assert (store / ".lock").exists()  # left behind by the dead writer; the next run takes it over
-    assert Store(store).check().orphans  # the last kill came before garbage collection
+    assert Store(store).verify().orphans  # the last kill came before garbage collection
 
     # A writer killed from outside while a second run on the same store is refused. The writer stalls (test
     # hook) holding its lock after its second commit, so the second run meets a live writer on any machine
@@ -374,7 +379,7 @@ def test_killed_runs_resume_to_a_clean_full_index(prefect_harness, api_env, tmp_
         proc.wait()
     now = _committed(store)
     assert len(committed) < len(now) < n and all(now[d] == committed[d] for d in committed)
-    assert Store(store).verify() == []
+    assert Store(store).verify().problems == []
     committed = now
 
     # A run to the end, and a second one that waits for its lock (lock_wait_s) instead of failing.
@@ -394,7 +399,7 @@ def test_killed_runs_resume_to_a_clean_full_index(prefect_harness, api_env, tmp_
     assert report["added"] == n - len(committed) and report["unchanged"] == len(committed)
     assert (waited.unchanged, waited.chunks_embedded) == (n, 0)
     final = Store(store)
-    assert final.verify() == [] and final.check().orphans == [] and not (store / ".lock").exists()
+    assert final.verify().problems == [] and final.verify().orphans == [] and not (store / ".lock").exists()
     assert DiskBM25(store).state() == (final.meta().generation, n)  # BM25 followed every kill and resume
 
     # Equal to a clean full index of the same corpus: same chunk ids, embeddings within 1e-5.

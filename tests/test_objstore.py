@@ -22,8 +22,9 @@ import uuid
 import pytest
 
 from conftest import ROOT
-from storage.meta import KILL_ENV, StoreError
+from storage.meta import StoreError
 from storage.store import Store
+from storage.testing import KILL_ENV
 
 pytest.importorskip("moto")
 FP = {"id": "fp-test", "name": "model-test", "pooling": "mean", "dim": 4}
@@ -86,7 +87,7 @@ def test_commits_are_conditional_and_objects_immutable(url):
     st = Store(url)
     assert type(st).__name__ == "ObjectStore" and st.root == url and not st.exists()
     st.commit(FP, 4, [_shard(st, {"a": ("h1", 2), "b": ("h1", 3)})])
-    assert st.verify() == [] and st.meta().generation == 1
+    assert st.verify().problems == [] and st.meta().generation == 1
 
     # Two writers read generation 1 and both publish a generation 2 on it (the window between a commit's read
     # of index.json and its conditional PUT, held open): exactly one commits, the other is told why.
@@ -112,16 +113,16 @@ def test_commits_are_conditional_and_objects_immutable(url):
     errors = [r for r in results.values() if isinstance(r, StoreError)]
     assert len(errors) == 1 and "another writer committed since this one read generation 1" in str(errors[0])
     final = Store(url)
-    assert final.meta().generation == 2 and final.verify() == []
+    assert final.meta().generation == 2 and final.verify().problems == []
     assert {r["doc_id"] for r in final.manifest().to_pylist()} in ({"a", "b", "c"}, {"a", "b", "d"})
     # Orphans: generation 1's manifest (retired) and the loser's manifest and shard pair (never live).
-    assert len(final.check().orphans) == 4
+    assert len(final.verify().orphans) == 4
 
     # Immutable objects are never overwritten, even by a writer that reuses a name.
     rel = "shards/" + final.meta().shards[0].name + ".safetensors"
     with pytest.raises(StoreError, match="already exists; immutable objects are never overwritten"):
         final._put_once(rel, b"x")
-    assert final.verify() == []
+    assert final.verify().problems == []
 
 
 def _next_generation(store, old, write):
@@ -132,7 +133,7 @@ def _next_generation(store, old, write):
 
     from storage.store import MANIFEST_SCHEMA
 
-    rows = store.manifest(old).to_pylist() + write.manifest_rows
+    rows = store.manifest(old).to_pylist() + [r.to_record() for r in write.manifest_rows]
     meta = dataclasses.replace(old, generation=old.generation + 1, manifest=store.manifest_name(old.generation + 1),
                                shards=old.shards + [write.info], live_rows=old.live_rows + write.info.rows,
                                total_rows=old.total_rows + write.info.rows, documents=len(rows))
@@ -167,7 +168,7 @@ def test_lease_excludes_a_second_writer_until_it_expires(url, monkeypatch):
         assert taker.state["took_over_from"] == dead.state["holder"]
         with pytest.raises(StoreError, match="expired and is now held by pid"):
             dead.renew()
-    assert Store(url).verify() == []
+    assert Store(url).verify().problems == []
 
 
 def test_garbage_is_collected_only_after_the_grace_period(url, monkeypatch):
@@ -175,13 +176,13 @@ def test_garbage_is_collected_only_after_the_grace_period(url, monkeypatch):
     st.commit(FP, 4, [_shard(st, {"a": ("h1", 2)})])
     first = st.meta()
     st.commit(FP, 4, [_shard(st, {"a": ("h2", 2)}, seed=3)])  # replaces a: its old shard is dropped
-    assert len(st.check().orphans) == 3  # old manifest and shard pair: kept for slow readers
+    assert len(st.verify().orphans) == 3  # old manifest and shard pair: kept for slow readers
     # A reader still on the first generation reads it whole.
     old_emb, _ = Store(url).read_shard(first.shards[0], check_sha=True)
     assert old_emb.shape == (2, 4)
     monkeypatch.setenv("RAGBATCH_S3_GC_GRACE_S", "0")
     removed = Store(url).collect_garbage()
-    assert len(removed) == 3 and Store(url).check().orphans == [] and Store(url).verify() == []
+    assert len(removed) == 3 and Store(url).verify().orphans == [] and Store(url).verify().problems == []
 
 
 # ---------------------------------------------------------------- flows (packaged embedder)
@@ -255,7 +256,7 @@ def test_killed_runs_on_s3_resume_and_a_second_writer_is_refused(prefect_harness
         assert len(now) == expect, point
         assert all(now[d] == committed[d] for d in committed), point  # nothing committed before was redone
         committed = now
-        assert Store(url).verify() == [], point
+        assert Store(url).verify().problems == [], point
         assert Store(url).objects.head(".lease") is not None  # the dead writer's lease, taken over once expired
 
     # A live writer (stalled by the test hook, renewing its lease) refuses a second one, naming it.
@@ -274,14 +275,14 @@ def test_killed_runs_on_s3_resume_and_a_second_writer_is_refused(prefect_harness
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-    assert Store(url).verify() == []
+    assert Store(url).verify().problems == []
     committed = _committed(url)
 
     proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     final = _committed(url)
     assert len(final) == n and all(final[d] == committed[d] for d in committed)
-    assert Store(url).verify() == [] and Store(url).objects.head(".lease") is None
+    assert Store(url).verify().problems == [] and Store(url).objects.head(".lease") is None
     clean = tmp_path / "clean"
     run_index(docs, clean)
     got, want = _content(url), _content(clean)
@@ -303,4 +304,4 @@ def test_dask_workers_write_shards_straight_to_s3(prefect_harness, url, tmp_path
     m2, man2, ch2 = _store_content(url)
     assert man1 == man2 and sorted(ch1) == sorted(ch2) and len(ch1) == m1.live_rows == m2.live_rows
     assert max(float((ch1[c][2] - ch2[c][2]).abs().max()) for c in ch1) < 1e-5
-    assert Store(url).verify() == []
+    assert Store(url).verify().problems == []

@@ -60,7 +60,7 @@ def test_report_file_beside_the_table_and_the_prefect_artifacts(answered):
 
     tmp, report = answered
     assert report.report == str(tmp / "results.report.html") and (tmp / "results.report.html").stat().st_size > 5000
-    rows = {r["question_id"]: r for r in report.rows}
+    rows = {r.question_id: r.to_record() for r in report.rows}
     # Hybrid ranks by RRF; the table also keeps each passage's dense cosine: the score exact dense search gives it.
     from tasks.retrieve import search
 
@@ -91,7 +91,7 @@ def test_report_in_a_real_browser(answered):
     from tasks.diff import gold_spans, support_spans
 
     tmp, report = answered
-    rows = {r["question_id"]: r for r in report.rows}
+    rows = {r.question_id: r.to_record() for r in report.rows}
     known = rows["paris"]
     passage = known["chunk_texts"][0]
     assert known["doc_ids"][0] == "paris.txt"

@@ -11,6 +11,7 @@ import pyarrow as pa
 import pytest
 import torch
 
+from storage.schema import ManifestRow
 from storage.store import EmbedderMismatchError, Store, StoreError
 from tasks.retrieve import load_dense_index
 
@@ -25,9 +26,8 @@ def _shard(store: Store, docs: dict[str, tuple[str, int]], seed: int = 0):
         for i in range(n):
             rows.append({"chunk_id": f"{doc_id}#{i}", "doc_id": doc_id, "doc_sha256": sha, "chunk_index": i,
                          "text": f"{doc_id} chunk {i}", "char_start": 0, "char_end": 1, "n_tokens": 1})
-        manifest.append({"doc_id": doc_id, "path": doc_id, "sha256": sha, "size": 1, "mtime": 0.0,
-                         "n_chunks": n, "embedder": FP["id"], "chunking": "c", "status": "indexed",
-                         "indexed_at": 0.0})
+        manifest.append(ManifestRow(doc_id=doc_id, path=doc_id, sha256=sha, size=1, mtime=0.0, n_chunks=n, shard="",
+                                    embedder=FP["id"], chunking="c", status="indexed", indexed_at=0.0))
     emb = torch.nn.functional.normalize(torch.randn(len(rows), 4, generator=g), dim=1)
     return store.write_shard(emb, pa.Table.from_pylist(rows), manifest)
 
@@ -102,3 +102,31 @@ def test_second_writer_is_refused_and_stale_lock_is_taken_over(tmp_path):
     with st.lock():
         assert json.loads((tmp_path / "s" / ".lock").read_text())["pid"] == os.getpid()
     assert not (tmp_path / "s" / ".lock").exists()
+
+
+def test_manifest_row_matches_its_schema():
+    """ManifestRow and MANIFEST_SCHEMA are one record: same fields in the same order, and a row round-trips."""
+    import dataclasses
+
+    from storage.schema import MANIFEST_SCHEMA, manifest_table
+
+    assert [f.name for f in dataclasses.fields(ManifestRow)] == MANIFEST_SCHEMA.names
+    row = ManifestRow(doc_id="a", path="a.txt", sha256="h", size=3, mtime=1.5, n_chunks=2, shard="s",
+                      embedder="fp", chunking="c", status="indexed", indexed_at=2.5)
+    assert [ManifestRow.from_record(r) for r in manifest_table([row]).to_pylist()] == [row]
+
+
+def test_result_row_matches_its_schema():
+    """ResultRow and RESULT_SCHEMA are one record: same fields in the same order, and a row round-trips."""
+    import dataclasses
+
+    from storage.results import RESULT_SCHEMA, ResultRow, results_table
+
+    assert [f.name for f in dataclasses.fields(ResultRow)] == RESULT_SCHEMA.names
+    cite = {"passage": 1, "chunk_id": "a#0", "doc_id": "a", "page_start": 2, "page_end": 3, "inferred": True}
+    row = ResultRow(question_id="q", question="?", source="f.jsonl", gold_answers=["x"], chunk_ids=["a#0"],
+                    doc_ids=["a"], scores=[0.5], dense_scores=[0.25], chunk_texts=["t"], page_starts=[2],
+                    page_ends=[3], citations=[cite], no_rag_answer="n", rag_answer="r", rag_raw="r [1]",
+                    answers_differ=True, generator="g", embedder="e", retriever="hybrid", k=1, retrieve_s=0.5,
+                    generate_s=1.5)
+    assert [ResultRow.from_record(r) for r in results_table([row]).to_pylist()] == [row]
