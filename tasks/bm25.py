@@ -1,4 +1,4 @@
-"""BM25 over the live chunks with tantivy (a well-kept engine; no hand-written BM25), and RRF fusion.
+"""The BM25 backend: tantivy over the live chunks (a well-kept engine; no hand-written BM25).
 
 The index lives beside the shards (storage/bm25.py) and follows every commit by document id. A reader uses
 it only when it is at exactly the generation the dense index loaded (so both rank the same live chunks);
@@ -16,6 +16,7 @@ import tantivy
 import torch
 
 from storage.bm25 import DiskBM25, in_memory
+from tasks.backend import Hits, QueryKind
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 log = logging.getLogger(__name__)
@@ -23,6 +24,8 @@ log = logging.getLogger(__name__)
 
 class BM25Index:
     """tantivy BM25 (English stemming, k1=1.2, b=0.75) whose hits are mapped to the loaded rows by chunk id."""
+
+    query_kind: QueryKind = "text"
 
     def __init__(self, index: tantivy.Index, searcher: tantivy.Searcher, chunk_ids: list[str], source: str):
         self.index, self.searcher, self.source = index, searcher, source
@@ -36,7 +39,7 @@ class BM25Index:
         index = in_memory(pa.table({"chunk_id": ids, "doc_id": ids, "text": texts}), tokenizer)
         return cls(index, index.searcher(), ids, "memory")
 
-    def search(self, queries: list[str], k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def search(self, queries: list[str], k: int) -> Hits:
         """Top-k rows and BM25 scores per query; rows with no matching term are absent (-1 / -inf pad)."""
         k = min(k, self.rows)
         rows = torch.full((len(queries), k), -1, dtype=torch.long)
@@ -52,7 +55,7 @@ class BM25Index:
             found = sorted(((s, r) for s, r in found if r >= 0), key=lambda t: (-t[0], t[1]))
             for j, (s, r) in enumerate(found):
                 rows[qi, j], scores[qi, j] = r, s
-        return rows, scores
+        return Hits(rows, scores)
 
 
 def build_bm25(chunks: pa.Table) -> BM25Index:
@@ -69,29 +72,3 @@ def open_bm25(store_root: str, generation: int, chunks: pa.Table) -> BM25Index:
     log.warning("BM25 index of %s is not at generation %d: building it in memory (the next `ragbatch index` "
                 "brings the on-disk one up to date)", store_root, generation)
     return build_bm25(chunks)
-
-
-def rrf_fuse(
-    rankings: list[torch.Tensor], k: int, rrf_k: int = 60, weights: list[float] | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reciprocal rank fusion: score(row) = Σ_i w_i / (rrf_k + rank_i(row)), ranks from 1; -1 rows ignored.
-
-    Ties are broken by the best rank any list gave the row, then by row number. No row appears twice.
-    """
-    weights = weights or [1.0] * len(rankings)
-    nq = rankings[0].shape[0]
-    out_rows = torch.full((nq, k), -1, dtype=torch.long)
-    out_scores = torch.full((nq, k), float("-inf"))
-    for qi in range(nq):
-        acc: dict[int, float] = {}
-        best: dict[int, int] = {}
-        for w, ranking in zip(weights, rankings, strict=True):
-            for rank, row in enumerate(ranking[qi].tolist(), 1):
-                if row < 0 or w == 0:  # a list weighted 0 adds nothing, not even its rows
-                    continue
-                acc[row] = acc.get(row, 0.0) + w / (rrf_k + rank)
-                best[row] = min(best.get(row, rank), rank)
-        fused = sorted(acc, key=lambda r: (-acc[r], best[r], r))[:k]
-        for j, row in enumerate(fused):
-            out_rows[qi, j], out_scores[qi, j] = row, acc[row]
-    return out_rows, out_scores

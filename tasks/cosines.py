@@ -13,17 +13,22 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from tasks.embed import load_embedder
-from tasks.retrieve import _dequantize, embedder_for_store, open_index
+from tasks.embed import EmbedderConfig, load_embedder
+from tasks.loaded import dequantize, embedder_for_store, open_index
 
 
 def dense_cosines(store_path: str, queries: list[str], chunk_ids: list[list[str]], embedder: str | None = None,
-                  device: str | None = None, matrix_dtype: str | None = None) -> list[list[float]]:
-    """``[[cosine of chunk j for query i]]``, parallel to ``chunk_ids``; NaN for a chunk no longer in the index."""
+                  device: str | None = None, matrix_dtype: str | None = None, *,
+                  embedder_config: EmbedderConfig | None = None) -> list[list[float]]:
+    """``[[cosine of chunk j for query i]]``, parallel to ``chunk_ids``; NaN for a chunk no longer in the index.
+
+    ``embedder_config``: the store's embedder already resolved by the caller (as for ``search``), so its weight
+    files are not hashed again for every batch.
+    """
     if not queries:
         return []
     index = open_index(store_path, device, matrix_dtype)
-    config = embedder_for_store(store_path, embedder)
+    config = embedder_config or embedder_for_store(store_path, embedder)
     q = load_embedder(config, device).embed_queries(queries).float()
     flat = [c for ids in chunk_ids for c in ids]
     rows = pc.index_in(pa.array(flat, type=pa.string()), value_set=index.chunks["chunk_id"]).to_pylist()
@@ -34,8 +39,8 @@ def dense_cosines(store_path: str, queries: list[str], chunk_ids: list[list[str]
         s = bisect.bisect_right(index.offsets, row) - 1
         local = row - index.offsets[s]
         scale = index.scales[s]
-        vecs[j] = _dequantize(index.shards[s][local : local + 1].cpu(),
-                              None if scale is None else scale[local : local + 1].cpu())[0]
+        vecs[j] = dequantize(index.shards[s][local : local + 1].cpu(),
+                             None if scale is None else scale[local : local + 1].cpu())[0]
     out, j = [], 0
     for qi, ids in enumerate(chunk_ids):
         n = len(ids)

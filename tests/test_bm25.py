@@ -7,7 +7,8 @@ import shutil
 import pytest
 import torch
 
-from tasks.bm25 import BM25Index, rrf_fuse
+from tasks.bm25 import BM25Index
+from tasks.fusion import rrf_fuse
 
 
 def test_rrf_equals_hand_computation():

@@ -90,3 +90,40 @@ def test_hnsw_recall_against_exact():
     small = HNSWIndex([x[:3]], 64)
     r, s = small.search(q[:2], 10)
     assert r.shape == (2, 3) and sorted(r[0].tolist()) == [0, 1, 2]  # k clipped to the rows there are
+
+
+def test_ties_inside_and_at_the_cut_off_take_the_lowest_rows_in_any_tiling(monkeypatch):
+    """Small-integer vectors make dot products exact, so many scores tie whatever the BLAS order; the result must
+    equal a stable sort of the full score matrix however the rows are packed and tiled (the fast path checks the
+    k + 1 best scores only)."""
+    import tasks.dense
+
+    g = torch.Generator().manual_seed(5)
+    x = torch.randint(-2, 3, (300, 8), generator=g).float()
+    q = torch.randint(-2, 3, (40, 8), generator=g).float()
+    ref = torch.sort(q @ x.T, dim=1, descending=True, stable=True)
+    for tile_scores in (tasks.dense.CPU_TILE_SCORES, 40 * 32, 40 * 7):
+        monkeypatch.setattr(tasks.dense, "CPU_TILE_SCORES", tile_scores)
+        for sizes in ([300], [100, 7, 193], [1] * 10 + [290]):
+            for k in (1, 10, 300, 400):
+                hits = _index(x, sizes).search(q, k, query_batch=16)
+                kk = min(k, 300)
+                assert torch.equal(hits.rows, ref.indices[:, :kk]), (tile_scores, sizes, k)
+                assert torch.equal(hits.scores, ref.values[:, :kk])
+
+
+def test_rows_are_packed_into_few_matrices_in_row_order():
+    from tasks.loaded import RowPacker
+
+    x = _unit(10, 8, 6)
+    packer = RowPacker(10, "cpu", "float32", pack_rows=4)
+    for part in (x[:3], x[3:8], x[8:]):
+        packer.add(part)
+    blocks, scales, offsets = packer.matrices()
+    assert [b.shape[0] for b in blocks] == [4, 4, 2] and offsets == [0, 4, 8] and scales == [None] * 3
+    assert torch.equal(torch.cat(blocks), x)
+    int8 = RowPacker(10, "cpu", "int8", pack_rows=6)
+    int8.add(x)
+    b8, s8, _ = int8.matrices()
+    q8, sc = quantize_int8(x)
+    assert torch.equal(torch.cat(b8), q8) and torch.equal(torch.cat(s8), sc)
