@@ -52,20 +52,13 @@ def deep_retrieval_task(store: str, questions: list[EvalQuestion], depth: int, r
 
     With a reranker, its top ``rerank_depth`` come first, followed by the rest of the retriever's ranking.
     """
+    from tasks.retrieve import deep_search  # the base retriever runs once; the reranked head is merged there
+
     qs = [q.question for q in questions]
     options = dict(options or {})
     rerank_depth = options.pop("rerank_depth", rerank_depth)
-    results, _ = search(store, qs, k=depth, retriever=retriever, device=device, **options)
-    if rerank and rerank != "none":
-        top, _ = search(store, qs, k=rerank_depth, retriever=retriever, device=device, rerank=rerank,
-                        rerank_depth=rerank_depth, **options)
-        for r, t in zip(results, top, strict=True):
-            head = set(t.chunk_ids)
-            rest = [i for i, c in enumerate(r.chunk_ids) if c not in head]
-            r.chunk_ids = t.chunk_ids + [r.chunk_ids[i] for i in rest]
-            r.doc_ids = t.doc_ids + [r.doc_ids[i] for i in rest]
-            r.spans = t.spans + [r.spans[i] for i in rest]
-            r.texts = t.texts + [r.texts[i] for i in rest]
+    results, _ = deep_search(store, qs, depth=depth, retriever=retriever, device=device, rerank=rerank,
+                             rerank_depth=rerank_depth, **options)
     rankings = [[ChunkRef(c, d, s, e, t) for c, d, (s, e), t in zip(r.chunk_ids, r.doc_ids, r.spans, r.texts,
                                                                       strict=True)] for r in results]
     evidence_ids = {d for q in questions for d in q.evidence_doc_ids}
