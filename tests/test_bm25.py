@@ -117,7 +117,7 @@ def test_disk_bm25_follows_incremental_reindex_and_catches_up(prefect_harness, t
     # Only the changed (d3), removed (d4) and added (d5) documents touched the BM25 index.
     assert (second.bm25_docs_deleted, second.bm25_docs_added, second.bm25_rebuilt) == (2, 2, False)
     gen = st.meta().generation
-    assert DiskBM25(store).state() == (gen, 5) and st.verify() == []
+    assert DiskBM25(store).state() == (gen, 5) and st.verify().problems == []
     idx = load_dense_index(st, "cpu")
     assert idx.bm25.source == "disk"
     assert [_top(idx, q) for q in ("glaciers", "dolphins", "eclipses", "harpsichords", "aardvarks")] == [
@@ -126,7 +126,8 @@ def test_disk_bm25_follows_incremental_reindex_and_catches_up(prefect_harness, t
     # A BM25 index left behind (a writer killed between its two commits) is not used; the next run repairs it.
     shutil.rmtree(store / "bm25")
     shutil.copytree(stale, store / "bm25")
-    assert "behind" in st.check().bm25 and st.verify() == []
+    rep = st.verify()
+    assert "behind" in rep.bm25 and rep.problems == []
     idx = load_dense_index(st, "cpu")  # (it logs a warning)
     assert idx.bm25.source == "memory" and _top(idx, "glaciers") == "d3.txt" and _top(idx, "dolphins") is None
     third = run_index(docs, store)
