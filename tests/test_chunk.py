@@ -55,9 +55,9 @@ def test_chunk_size_beyond_the_model_is_refused(minilm, minilm_model):
 
 
 def test_embedder_refuses_to_truncate_passages(minilm_model):
-    from tasks.embed import EmbedderConfigError
+    from tasks.embed import PassageTooLongError
 
-    with pytest.raises(EmbedderConfigError, match="exceed the embedder's max length 256"):
+    with pytest.raises(PassageTooLongError, match="exceed the embedder's max length 256"):
         minilm_model.embed_passages([_long_text(600)])
     q = minilm_model.embed_queries([_long_text(600)])  # queries are truncated, with a warning
     assert q.shape == (1, 384)

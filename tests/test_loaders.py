@@ -105,7 +105,7 @@ def test_index_and_search_every_format_with_pages(prefect_harness, tmp_path):
     docs, store = _mixed(tmp_path / "docs"), tmp_path / "store"
     rep = run_index(docs, store)
     assert rep.added == 8 and rep.skipped_files == []
-    assert Store(store).verify() == []
+    assert Store(store).verify().problems == []
     queries = {"How much drinking water does the Ostervik reservoir hold?": "report.pdf",
                "When was the Skarv lighthouse built?": "page.html",
                "How long is the crossing to Varnes?": "handbook.docx",
@@ -169,7 +169,7 @@ def test_a_store_written_before_the_location_columns_loads_and_verifies(prefect_
         pq.write_table(old, path)
         shard["chunks_sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
     (store / "index.json").write_text(json.dumps(index))
-    assert Store(store).verify() == []
+    assert Store(store).verify().problems == []
     hits, _ = search(str(store), ["reservoir drinking water"], k=1)
     assert hits[0].doc_ids == ["a.txt"] and hits[0].pages == [(None, None)]
     assert pa.types.is_int32(Store(store).read_chunks(index["shards"][0]["name"]).schema.field("page_start").type)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 from dataclasses import dataclass, field
+from pathlib import PurePosixPath
 from typing import Any, ClassVar
 
 
@@ -56,6 +57,22 @@ class Loader:
         """A whole-file document: id = path, hash of the file's bytes."""
         meta = {"source": rel, **kw.pop("metadata", {})}
         return Document(rel, rel, text, hashlib.sha256(raw).hexdigest(), len(raw), mtime, meta, self.format, **kw)
+
+
+class WholeFileLoader(Loader):
+    """A binary format read as one document per file: subclasses implement :meth:`extract` only."""
+
+    text_input = False
+
+    def extract(self, raw: bytes) -> tuple[str, str, list[int] | None]:
+        """(text, title or "", page start offsets or None), or :class:`LoadError`."""
+        raise NotImplementedError
+
+    def load(self, rel: str, raw: bytes, mtime: float) -> tuple[list[Document], list[str]]:
+        text, title, offsets = self.extract(raw)
+        extra: dict[str, Any] = {} if offsets is None else {"page_offsets": offsets,
+                                                            "metadata": {"pages": len(offsets)}}
+        return [self.document(rel, raw, mtime, text, title=title or PurePosixPath(rel).name, **extra)], []
 
 
 _REGISTRY: dict[str, Loader] = {}

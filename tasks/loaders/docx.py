@@ -4,20 +4,17 @@ from __future__ import annotations
 
 import io
 import zipfile
-from pathlib import PurePosixPath
 
-from tasks.loaders.base import Document, Loader, LoadError, clean_text, register
+from tasks.loaders.base import LoadError, WholeFileLoader, clean_text, register
 
 
 @register
-class DocxLoader(Loader):
+class DocxLoader(WholeFileLoader):
     format = "docx"
     suffixes = (".docx",)
-    text_input = False
 
-    def load(self, rel: str, raw: bytes, mtime: float) -> tuple[list[Document], list[str]]:
-        text, title = extract_docx(raw)
-        return [self.document(rel, raw, mtime, text, title=title or PurePosixPath(rel).name)], []
+    def extract(self, raw: bytes) -> tuple[str, str, list[int] | None]:
+        return (*extract_docx(raw), None)
 
 
 def extract_docx(raw: bytes) -> tuple[str, str]:

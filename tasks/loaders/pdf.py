@@ -8,25 +8,20 @@ from __future__ import annotations
 
 import io
 import logging
-from pathlib import PurePosixPath
 
-from tasks.loaders.base import Document, Loader, LoadError, clean_text, register
+from tasks.loaders.base import LoadError, WholeFileLoader, clean_text, register
 
 PAGE_BREAK = "\n\n"  # between pages in the document text
 
 
 @register
-class PdfLoader(Loader):
+class PdfLoader(WholeFileLoader):
     format = "pdf"
     suffixes = (".pdf",)
-    text_input = False
 
-    def load(self, rel: str, raw: bytes, mtime: float) -> tuple[list[Document], list[str]]:
+    def extract(self, raw: bytes) -> tuple[str, str, list[int] | None]:
         text, offsets, title = extract_pages(raw)
-        title = title or PurePosixPath(rel).name
-        doc = self.document(rel, raw, mtime, text, title=title, page_offsets=offsets,
-                            metadata={"pages": len(offsets)})
-        return [doc], []
+        return text, title, offsets
 
 
 def extract_pages(raw: bytes) -> tuple[str, list[int], str]:
