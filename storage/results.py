@@ -84,11 +84,12 @@ class ResultRow:
         return asdict(self)
 
 
-def results_table(rows: Sequence[ResultRow]) -> pa.Table:
-    return pa.Table.from_pylist([r.to_record() for r in rows], schema=RESULT_SCHEMA)
+def results_table(rows: Sequence[ResultRow | dict[str, Any]]) -> pa.Table:
+    """The rows as a RESULT_SCHEMA table (records of a table read back, e.g. by a benchmark, are taken too)."""
+    return pa.Table.from_pylist([r.to_record() if isinstance(r, ResultRow) else r for r in rows], schema=RESULT_SCHEMA)
 
 
-def write_results(path: str | Path, rows: Sequence[ResultRow], config: dict[str, Any]) -> Path:
+def write_results(path: str | Path, rows: Sequence[ResultRow | dict[str, Any]], config: dict[str, Any]) -> Path:
     """Write the table atomically, and ``<name>.config.json`` (the run's settings) beside it."""
     path = Path(path).expanduser().resolve()
     table = results_table(rows)

@@ -136,10 +136,14 @@ def test_markup_and_emoji_in_names_ids_and_text_print_verbatim(api_env, tmp_path
     assert "duplicate id '[/x]'" in flat and ":smile:" in flat and "😄" not in flat
 
     # Finding 4 on the same real rows: the Prefect `answers` artifact of this run.
+    from dataclasses import replace
+
     import pyarrow.parquet as pq
 
-    rows = pq.read_table(results).to_pylist()  # (polars would take the "[" in the path for a glob)
-    rows[0]["rag_answer"] = HOSTILE  # what a model could answer after reading the hostile document
+    from storage.results import ResultRow
+
+    rows = [ResultRow.from_record(r) for r in pq.read_table(results).to_pylist()]  # (polars: "[" would be a glob)
+    rows[0] = replace(rows[0], rag_answer=HOSTILE)  # what a model could answer after reading the hostile document
     md = answers_markdown(rows)
     assert_safe_markdown(md, table_columns=6)
     assert md.count("\n") == 1 + len(rows)  # header, rule, one line per row

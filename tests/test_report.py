@@ -169,8 +169,9 @@ def test_offsets_are_utf16_for_the_browser_after_an_astral_character():
 
 def test_answers_markdown_links_the_report_and_stays_one_table(tmp_path):
     from flows.answer import answers_markdown
+    from storage.results import ResultRow
 
-    rows = [_row("q|1", "a\n| b", "<script>x</script>", "`y`", [LLAMA])]
+    rows = [ResultRow.from_record(_row("q|1", "a\n| b", "<script>x</script>", "`y`", [LLAMA]))]
     md = answers_markdown(rows, report=str(tmp_path / "we(ird) [x].report.html"))
     link = md.splitlines()[0]
     assert "(file://" in link and "we%28ird%29%20%5Bx%5D.report.html)" in link  # the URL cannot end early
