@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from tasks.cache import ProcessCache
+from tasks.config import GenerationConfig
 from tasks.device import default_device, dtype_name, resolve_dtype
 from tasks.prepare import prepare_generator
 from tasks.prompts import Message, PromptTemplate, get_prompt
@@ -37,13 +39,15 @@ def build_messages(question: str, contexts: list[tuple[str, str]] | None,
 
 
 # Prompt tokens per batch, padding included: bounds prefill memory (activations grow with batch x length).
-TOKEN_BUDGET = 16384
+TOKEN_BUDGET = GenerationConfig.token_budget
+MAX_NEW_TOKENS = GenerationConfig.max_new_tokens
+BATCH_SIZE = GenerationConfig.batch_size
 # A batch may hold at most this many padded tokens per real token: with prompts sorted by length, a 40-token
 # no-RAG prompt never shares a batch with a 600-token RAG prompt (which cost 43% of prefill in padding).
 MAX_PAD_RATIO = 1.1
 
 
-def plan_batches(lengths: list[int], max_batch: int = 16, token_budget: int = TOKEN_BUDGET,
+def plan_batches(lengths: list[int], max_batch: int = BATCH_SIZE, token_budget: int = TOKEN_BUDGET,
                  max_pad_ratio: float = MAX_PAD_RATIO) -> list[list[int]]:
     """Indices of ``lengths`` grouped into batches, longest first, with bounded padding and size.
 
@@ -140,8 +144,8 @@ class Generator:
     def generate(
         self,
         conversations: list[list[Message]],
-        max_new_tokens: int = 64,
-        batch_size: int = 16,
+        max_new_tokens: int = MAX_NEW_TOKENS,
+        batch_size: int = BATCH_SIZE,
         progress: bool = True,
         token_budget: int = TOKEN_BUDGET,
         max_pad_ratio: float = MAX_PAD_RATIO,
@@ -150,6 +154,17 @@ class Generator:
         new = self.generate_ids(self.encode(conversations), max_new_tokens, batch_size, progress, token_budget,
                                 max_pad_ratio)
         return [self.tokenizer.decode(row, skip_special_tokens=True).strip() for row in new]
+
+    def left_padded(self, prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(input_ids, attention_mask) on the model's device, padded on the left: every row's last prompt token
+        is in the last column, so new tokens (or a next-token score) line up across rows."""
+        width = max(len(p) for p in prompts)
+        input_ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for row, p in enumerate(prompts):
+            input_ids[row, width - len(p):] = torch.tensor(p, dtype=torch.long)
+            attention_mask[row, width - len(p):] = 1
+        return input_ids.to(self.device), attention_mask.to(self.device)
 
     def _count_new(self, row: list[int]) -> int:
         for i, tok in enumerate(row):
@@ -161,8 +176,8 @@ class Generator:
     def generate_ids(
         self,
         prompts: list[list[int]],
-        max_new_tokens: int = 64,
-        batch_size: int = 16,
+        max_new_tokens: int = MAX_NEW_TOKENS,
+        batch_size: int = BATCH_SIZE,
         progress: bool = True,
         token_budget: int = TOKEN_BUDGET,
         max_pad_ratio: float = MAX_PAD_RATIO,
@@ -192,18 +207,10 @@ class Generator:
         with self._lock, bar:
             t0 = time.perf_counter()
             for batch in batches:
-                width = max(len(prompts[i]) for i in batch)
-                input_ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
-                attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
-                for row, i in enumerate(batch):
-                    n = len(prompts[i])
-                    input_ids[row, width - n:] = torch.tensor(prompts[i], dtype=torch.long)
-                    attention_mask[row, width - n:] = 1
-                gen = self.model.generate(
-                    input_ids=input_ids.to(self.device),
-                    attention_mask=attention_mask.to(self.device),
-                    generation_config=config,
-                )
+                input_ids, attention_mask = self.left_padded([prompts[i] for i in batch])
+                width = input_ids.shape[1]
+                gen = self.model.generate(input_ids=input_ids, attention_mask=attention_mask,
+                                          generation_config=config)
                 for i, row in zip(batch, gen[:, width:].tolist(), strict=True):
                     n = self._count_new(row)
                     stats.new_tokens += n
@@ -232,8 +239,7 @@ class Generator:
         return config
 
 
-_CACHE: dict[tuple[str, str, str], Generator] = {}
-_CACHE_LOCK = threading.Lock()
+_GENERATORS: ProcessCache[Generator] = ProcessCache()
 
 
 def load_generator(name_or_path: str, device: str | None = None, dtype: str | torch.dtype | None = None) -> Generator:
@@ -243,34 +249,33 @@ def load_generator(name_or_path: str, device: str | None = None, dtype: str | to
     native bf16 matmul (2-3x faster prefill than float32 there), float32 on other CPUs. The tokenizer pads
     on the left so batched rows end where generation starts.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     device = device or default_device()
     torch_dtype = resolve_dtype(dtype, device)
     path = prepare_generator(name_or_path, dtype_name(torch_dtype))
-    key = (str(path), device, dtype_name(torch_dtype))
-    with _CACHE_LOCK:
-        if key in _CACHE:
-            return _CACHE[key]
-        t0 = time.perf_counter()
-        tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
-        model.to(device).eval()
-        gen = Generator(name_or_path, path, model, tokenizer, device)
-        log.info("loaded %s from %s on %s as %s in %.1fs", name_or_path, path, device, gen.dtype,
-                 time.perf_counter() - t0)
-        _CACHE[key] = gen
-        return gen
+    return _GENERATORS.get((str(path), device, dtype_name(torch_dtype)),
+                           lambda: _load(name_or_path, path, device, torch_dtype))
+
+
+def _load(name_or_path: str, path: Path, device: str, torch_dtype: torch.dtype) -> Generator:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    t0 = time.perf_counter()
+    tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
+    model.to(device).eval()
+    gen = Generator(name_or_path, path, model, tokenizer, device)
+    log.info("loaded %s from %s on %s as %s in %.1fs", name_or_path, path, device, gen.dtype, time.perf_counter() - t0)
+    return gen
 
 
 def dual_generate(
     generator: Generator,
     questions: list[str],
     contexts: list[list[tuple[str, str]]],
-    max_new_tokens: int = 64,
-    batch_size: int = 16,
+    max_new_tokens: int = MAX_NEW_TOKENS,
+    batch_size: int = BATCH_SIZE,
     progress: bool = True,
     prompt: str | PromptTemplate | None = None,
     token_budget: int = TOKEN_BUDGET,
