@@ -24,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tasks.ann import HNSWIndex  # noqa: E402
-from tasks.retrieve import DenseIndex, quantize_int8  # noqa: E402
+from tasks.loaded import DenseIndex, RowPacker  # noqa: E402
 
 
 class _Rows:
@@ -32,12 +32,13 @@ class _Rows:
         self.num_rows = n
 
 
-def _index(shards: list[torch.Tensor], scales: list | None = None) -> DenseIndex:
-    offsets, off = [], 0
-    for s in shards:
-        offsets.append(off)
-        off += s.shape[0]
-    return DenseIndex(None, 1, {}, shards, offsets, _Rows(off), scales or [])
+def _packed(parts: list[torch.Tensor], device: str, matrix_dtype: str) -> DenseIndex:
+    """The parts (store shards) held as ``matrix_dtype`` and packed the way ``load_dense_index`` packs them."""
+    packer = RowPacker(sum(p.shape[0] for p in parts), device, matrix_dtype)
+    for p in parts:
+        packer.add(p)
+    blocks, scales, offsets = packer.matrices()
+    return DenseIndex(None, 1, {}, blocks, offsets, _Rows(packer.rows), scales)
 
 
 def _recall(rows: torch.Tensor, exact: torch.Tensor) -> float:
@@ -97,17 +98,12 @@ def main() -> None:
     k = args.k
 
     rows_out: list[tuple[str, float, float, float, str]] = []  # name, bytes, q/s, recall, note
-    exact_idx = _index([p.to(dev) for p in parts])
+    exact_idx = _packed(parts, dev, "float32")
     exact, t_exact = _timed(lambda: exact_idx.search(qd, k), args.repeats, dev)
     rows_out.append(("ragbatch float32 (exact)", x.numel() * 4, q.shape[0] / t_exact, 1.0, ""))
     for name in ("float16", "bfloat16", "int8"):
-        if name == "int8":
-            qs = [quantize_int8(p) for p in parts]
-            idx = _index([a.to(dev) for a, _ in qs], [b.to(dev) for _, b in qs])
-            nbytes = x.numel() + x.shape[0] * 4
-        else:
-            idx = _index([p.to(dev, getattr(torch, name)) for p in parts])
-            nbytes = x.numel() * 2
+        idx = _packed(parts, dev, name)
+        nbytes = x.numel() + x.shape[0] * 4 if name == "int8" else x.numel() * 2
         hits, t = _timed(lambda idx=idx: idx.search(qd, k), args.repeats, dev)
         rows_out.append((f"ragbatch {name}", nbytes, q.shape[0] / t, _recall(hits.rows.cpu(), exact.rows.cpu()), ""))
     t0 = time.perf_counter()

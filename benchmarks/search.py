@@ -34,7 +34,7 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=1000)
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--shards", type=int, default=4, help="store shards per size (packed at load, as in a store)")
-    ap.add_argument("--query-batch", type=int, default=1024)
+    ap.add_argument("--query-batch", type=int, default=None, help="queries per matmul (default: as search picks)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     ap.add_argument("--repeats", type=int, default=3)
@@ -105,7 +105,7 @@ def _one_size(args: argparse.Namespace, rows: int, faiss) -> None:
     print(f"{line} {load0:.2f} / {os.getloadavg()[0]:.2f}", flush=True)
     if args.device.startswith("cuda"):
         gbytes = rows * args.dim * blocks[0].element_size() / 1e9
-        batches = -(-args.queries // args.query_batch)
+        batches = -(-args.queries // (args.query_batch or args.queries))
         print(f"{'':>9} matrix read {batches}x: {gbytes * batches / min(timings['ours']):.0f} GB/s achieved")
 
 

@@ -53,7 +53,7 @@ class LoadedGeneration:
         """The exact backend over the matrices as they are now (cheap: it holds references)."""
         return ExactDense(self.shards, self.scales, self.offsets)
 
-    def search(self, queries: torch.Tensor, k: int, query_batch: int = 1024) -> Hits:
+    def search(self, queries: torch.Tensor, k: int, query_batch: int | None = None) -> Hits:
         """Exact top-k by inner product (cosine, rows being unit vectors); ties by lowest row."""
         return self.dense.search(queries, min(k, self.rows), query_batch)
 
