@@ -2,7 +2,8 @@
 
 Hybrid (RRF), BM25 and reranker scores rank well but tell a reader nothing ("0.033" for every top document);
 the cosine between the query and the chunk under the store's own embedder does. It is computed for the chunks
-already retrieved (k per question), so it costs one query embedding per question and k dot products.
+already retrieved (k per question), so it costs k dot products per question; the query embeddings are the ones
+the search just computed for the same batch (tasks/retrievers.py ``embed_queries``), not a second model run.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from tasks.embed import EmbedderConfig, load_embedder
+from tasks.embed import EmbedderConfig
 from tasks.loaded import dequantize, embedder_for_store, open_index
+from tasks.retrievers import embed_queries
 
 
 def dense_cosines(store_path: str, queries: list[str], chunk_ids: list[list[str]], embedder: str | None = None,
@@ -29,7 +31,7 @@ def dense_cosines(store_path: str, queries: list[str], chunk_ids: list[list[str]
         return []
     index = open_index(store_path, device, matrix_dtype)
     config = embedder_config or embedder_for_store(store_path, embedder)
-    q = load_embedder(config, device).embed_queries(queries).float()
+    q = embed_queries(config, device, queries).float()  # the search's own embedding when it just ran
     flat = [c for ids in chunk_ids for c in ids]
     rows = pc.index_in(pa.array(flat, type=pa.string()), value_set=index.chunks["chunk_id"]).to_pylist()
     vecs = torch.full((len(flat), q.shape[1]), float("nan"))

@@ -8,7 +8,9 @@
 from __future__ import annotations
 
 import sys
+import threading
 import time
+from collections import OrderedDict
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -57,7 +59,7 @@ class BackendRetriever(Retriever):
         if self.config is None:
             raise ValueError(f"the {self.name} retriever needs the store's embedder")
         t = time.perf_counter()
-        q = load_embedder(self.config, self.device).embed_queries(queries)
+        q = embed_queries(self.config, self.device, queries)
         self._timed("embed_s", t)
         return q
 
@@ -154,6 +156,28 @@ class RerankedRetriever(Retriever):
                 bar.update(1)
         self._timed("rerank_s", t)
         return Hits(new_rows, new_scores)
+
+
+_RECENT_QUERIES: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+_RECENT_LOCK = threading.Lock()
+RECENT_BATCHES = 8  # query batches whose embeddings are kept (a few answer batches in flight, each a few KiB)
+
+
+def embed_queries(config: EmbedderConfig, device: str | None, queries: list[str]) -> torch.Tensor:
+    """The queries' embeddings, computed once per batch: a hybrid search and the cosines shown beside its
+    scores (tasks/cosines.py), or eval's exact and approximate searches, embed the same batch of questions;
+    the second caller gets the first one's tensor (read-only by every caller) instead of running the model."""
+    key = (config.fingerprint["id"], config.path, device, tuple(queries))
+    with _RECENT_LOCK:
+        if key in _RECENT_QUERIES:
+            _RECENT_QUERIES.move_to_end(key)
+            return _RECENT_QUERIES[key]
+    q = load_embedder(config, device).embed_queries(queries)
+    with _RECENT_LOCK:
+        _RECENT_QUERIES[key] = q
+        while len(_RECENT_QUERIES) > RECENT_BATCHES:
+            _RECENT_QUERIES.popitem(last=False)
+    return q
 
 
 def base_retriever(index: LoadedGeneration, config: RetrievalConfig, embedder: EmbedderConfig,

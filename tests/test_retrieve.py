@@ -127,3 +127,27 @@ def test_rows_are_packed_into_few_matrices_in_row_order():
     b8, s8, _ = int8.matrices()
     q8, sc = quantize_int8(x)
     assert torch.equal(torch.cat(b8), q8) and torch.equal(torch.cat(s8), sc)
+
+
+def test_a_batch_of_queries_is_embedded_once(monkeypatch):
+    """A hybrid search and the cosines beside it (or eval's exact and approximate searches) share one embedding."""
+    from types import SimpleNamespace
+
+    import tasks.retrievers as retrievers
+
+    calls: list[list[str]] = []
+
+    class FakeEmbedder:
+        def embed_queries(self, queries: list[str]) -> torch.Tensor:
+            calls.append(list(queries))
+            return torch.ones(len(queries), 4)
+
+    monkeypatch.setattr(retrievers, "load_embedder", lambda config, device: FakeEmbedder())
+    monkeypatch.setattr(retrievers, "_RECENT_QUERIES", type(retrievers._RECENT_QUERIES)())
+    config = SimpleNamespace(fingerprint={"id": "fid"}, path="/m")
+    first = retrievers.embed_queries(config, "cpu", ["a", "b"])
+    assert retrievers.embed_queries(config, "cpu", ["a", "b"]) is first and calls == [["a", "b"]]
+    for i in range(retrievers.RECENT_BATCHES):
+        retrievers.embed_queries(config, "cpu", [str(i)])
+    retrievers.embed_queries(config, "cpu", ["a", "b"])  # evicted by the newer batches: embedded again
+    assert len(calls) == retrievers.RECENT_BATCHES + 2
