@@ -164,8 +164,9 @@ def main() -> None:
     a = ap.parse_args()
 
     from flows.runners import prefect_api
+    from tasks.config import DEFAULT_EMBEDDER
     from tasks.demo_data import DEMO_QUESTIONS, build_demo_corpus
-    from tasks.embed import DEFAULT_EMBEDDER, load_embedder, resolve_embedder
+    from tasks.embed import load_embedder, resolve_embedder
     from tasks.generate import load_generator
 
     info = {"machine": machine(), "settings": vars(a) | {"json": str(a.json)}}

@@ -141,8 +141,8 @@ def answer_batch_task(
     else:  # RRF, BM25 and reranker scores mean nothing to a reader: the report shows the cosine beside them
         from tasks.cosines import dense_cosines
 
-        dense = dense_cosines(store, [q.question for q in questions], [h.chunk_ids for h in hits], embedder.name,
-                              device, retrieval.matrix_dtype)
+        dense = dense_cosines(store, [q.question for q in questions], [h.chunk_ids for h in hits], device=device,
+                              matrix_dtype=retrieval.matrix_dtype, embedder_config=embedder)
     return BatchAnswers(hits, generate_task(settings, questions, hits, device), t_ret, dense)
 
 

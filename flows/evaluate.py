@@ -23,7 +23,7 @@ from tasks.config import GenerationConfig, IndexConfig, RetrievalConfig, apply_c
 from tasks.datasets import EvalDataset, EvalQuestion, load_eval_dataset
 from tasks.evaluate import ChunkRef, recall_curve, relevant_chunks, score_question, score_retrieval, summarize
 from tasks.prompts import get_prompt
-from tasks.retrieve import chunks_of_documents, search
+from tasks.retrieve import chunks_of_documents, deep_search, search
 
 
 @dataclass
@@ -44,26 +44,19 @@ def load_dataset_task(dataset: str, corpus: str | None, limit: int | None, sampl
 
 
 @task(name="deep-retrieval", cache_policy=NO_CACHE)
-def deep_retrieval_task(store: str, questions: list[EvalQuestion], depth: int, retriever: str,
-                        device: str | None, rerank: str | None = None, rerank_depth: int = 20,
-                        options: dict[str, Any] | None = None,
-                        ) -> tuple[list[list[ChunkRef]], list[list[ChunkRef]]]:
+def deep_retrieval_task(store: str, questions: list[EvalQuestion], depth: int, retrieval: RetrievalConfig,
+                        device: str | None) -> tuple[list[list[ChunkRef]], list[list[ChunkRef]]]:
     """The ranking to ``depth`` for every question, and all indexed chunks of its evidence documents.
 
-    With a reranker, its top ``rerank_depth`` come first, followed by the rest of the retriever's ranking.
+    With a reranker, its top ``rerank_depth`` come first, followed by the rest of the retriever's ranking
+    (tasks.retrieve.deep_search: the base retriever runs once).
     """
-    from tasks.retrieve import deep_search  # the base retriever runs once; the reranked head is merged there
-
-    qs = [q.question for q in questions]
-    options = dict(options or {})
-    rerank_depth = options.pop("rerank_depth", rerank_depth)
-    results, _ = deep_search(store, qs, depth=depth, retriever=retriever, device=device, rerank=rerank,
-                             rerank_depth=rerank_depth, **options)
+    results, _ = deep_search(store, [q.question for q in questions], retrieval, depth=depth, device=device)
     rankings = [[ChunkRef(c, d, s, e, t) for c, d, (s, e), t in zip(r.chunk_ids, r.doc_ids, r.spans, r.texts,
                                                                       strict=True)] for r in results]
     evidence_ids = {d for q in questions for d in q.evidence_doc_ids}
     by_doc: dict[str, list[ChunkRef]] = {}
-    for c in chunks_of_documents(store, evidence_ids, device, options.get("matrix_dtype")):
+    for c in chunks_of_documents(store, evidence_ids, device, retrieval.matrix_dtype):
         by_doc.setdefault(c["doc_id"], []).append(
             ChunkRef(c["chunk_id"], c["doc_id"], c["char_start"], c["char_end"], c["text"]))
     evidence = [[c for d in q.evidence_doc_ids for c in by_doc.get(d, [])] for q in questions]
@@ -124,9 +117,7 @@ def eval_flow(
     ans = None
     if answers:
         ans = answer_flow([str(qfile)], store, str(out / "answers.parquet"), rc, gs, device=device)
-    options = {n: v for n, v in to_dict(rc).items() if n not in ("retriever", "k", "rerank")}
-    rankings, evidence = deep_retrieval_task(store, ds.questions, max(depth, max(ks), rc.k), rc.retriever,
-                                             device, rc.rerank, options=options)
+    rankings, evidence = deep_retrieval_task(store, ds.questions, max(depth, max(ks), rc.k), rc, device)
     by_id = {r["question_id"]: r for r in read_results(ans.out).to_pylist()} if ans else {}
     rows = []
     for q, ranking, ev in zip(ds.questions, rankings, evidence, strict=True):

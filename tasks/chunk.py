@@ -13,6 +13,8 @@ import json
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
+from tasks.config import IndexConfig
+
 if TYPE_CHECKING:
     from tasks.loaders.base import Document
 
@@ -23,8 +25,8 @@ class ChunkingError(ValueError):
 
 @dataclass(frozen=True)
 class ChunkSettings:
-    chunk_tokens: int = 200
-    overlap_tokens: int = 32
+    chunk_tokens: int = IndexConfig.chunk_tokens
+    overlap_tokens: int = IndexConfig.overlap_tokens
 
     def __post_init__(self) -> None:
         if self.chunk_tokens < 8:

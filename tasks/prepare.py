@@ -27,7 +27,6 @@ from pathlib import Path
 
 from storage.atomic import sha256_file
 from storage.paths import downloads_dir, models_dir
-from tasks.config import DEFAULT_GENERATOR  # noqa: F401 - re-exported for older imports
 from tasks.fetch import FetchError, pip_download
 
 log = logging.getLogger(__name__)
