@@ -4,6 +4,13 @@ Throughput comes from batching: prompts are sorted by token length so each batch
 (little padding), padded on the left (so every row's new tokens start at the same column), and each batch
 is one ``model.generate`` call. The with-context and without-context prompts of all questions go through
 one such pass together.
+
+On a CPU, batching never changes an answer (``Generator.exact``), in bfloat16 as in float32. Two things
+used to: torch's fused attention (SDPA) walks the keys in blocks, so left padding shifted where its partial
+sums fell; and a matmul with one row takes another kernel (gemv) than one with several, with other rounding.
+bf16 keeps ~3 significant digits, so both flipped near-tie argmaxes (3 of 20 test prompts). So attention runs
+row by row on each row's real tokens (``tasks/attention.py``), and a batch of one row runs as two copies of
+it: a prompt's tokens are then the same alone or in any batch (tested).
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm import tqdm
@@ -121,7 +129,8 @@ class Generator:
         if pad is None:
             pad = min(self.eos_ids) if self.eos_ids else 0
         self.pad_id: int = pad
-        self._lock = threading.Lock()  # one generate at a time per model (Prefect may run tasks in threads)
+        self.lock = threading.Lock()  # one forward at a time per model (Prefect may run tasks in threads)
+        self.exact = device == "cpu" and _rowwise_attention(model)  # batch-invariant answers (module docstring)
 
     def __repr__(self) -> str:
         return f"Generator({self.name!r}, path={str(self.path)!r}, device={self.device!r}, dtype={self.dtype!r})"
@@ -141,18 +150,9 @@ class Generator:
         # The chat template already writes any BOS it wants; adding special tokens again would double it.
         return self.tokenizer(texts, add_special_tokens=False)["input_ids"]
 
-    def generate(
-        self,
-        conversations: list[list[Message]],
-        max_new_tokens: int = MAX_NEW_TOKENS,
-        batch_size: int = BATCH_SIZE,
-        progress: bool = True,
-        token_budget: int = TOKEN_BUDGET,
-        max_pad_ratio: float = MAX_PAD_RATIO,
-    ) -> list[str]:
-        """Greedy answers for many conversations, in their original order (see ``generate_ids``)."""
-        new = self.generate_ids(self.encode(conversations), max_new_tokens, batch_size, progress, token_budget,
-                                max_pad_ratio)
+    def generate(self, conversations: list[list[Message]], **kw: Any) -> list[str]:
+        """Greedy answers for many conversations, in their original order (``kw``: those of ``generate_ids``)."""
+        new = self.generate_ids(self.encode(conversations), **kw)
         return [self.tokenizer.decode(row, skip_special_tokens=True).strip() for row in new]
 
     def left_padded(self, prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -204,19 +204,22 @@ class Generator:
         bar = tqdm(total=len(prompts), unit="prompt", desc=f"generate {self.name}", file=sys.stderr,
                    disable=not progress, dynamic_ncols=True)
         done_real = 0
-        with self._lock, bar:
+        with self.lock, bar:
             t0 = time.perf_counter()
             for batch in batches:
-                input_ids, attention_mask = self.left_padded([prompts[i] for i in batch])
+                rows = [prompts[i] for i in batch]
+                if self.exact and len(rows) == 1:
+                    rows *= 2  # a one-row matmul takes the gemv kernel, whose rounding differs
+                input_ids, attention_mask = self.left_padded(rows)
                 width = input_ids.shape[1]
                 gen = self.model.generate(input_ids=input_ids, attention_mask=attention_mask,
                                           generation_config=config)
-                for i, row in zip(batch, gen[:, width:].tolist(), strict=True):
+                for i, row in zip(batch, gen[: len(batch), width:].tolist(), strict=True):
                     n = self._count_new(row)
                     stats.new_tokens += n
                     out[i] = row[:n]
                 stats.batches += 1
-                stats.padded_tokens += width * len(batch)
+                stats.padded_tokens += width * len(rows)  # the work done, a duplicated row included
                 stats.seconds = time.perf_counter() - t0
                 bar.update(len(batch))
                 done_real += sum(len(prompts[i]) for i in batch)
@@ -237,6 +240,19 @@ class Generator:
         config.max_length = None
         config.pad_token_id = self.pad_id
         return config
+
+
+def _rowwise_attention(model) -> bool:
+    """Switch ``model`` to the row-wise exact attention of tasks/attention.py; False where it cannot take it."""
+    from tasks.attention import NAME
+
+    try:
+        model.set_attn_implementation(NAME)
+    except (ValueError, NotImplementedError, AttributeError) as exc:
+        log.warning("%s keeps %s attention (%s): batched answers may differ in their last bits from one prompt "
+                    "at a time", type(model).__name__, model.config._attn_implementation, exc)
+        return False
+    return True
 
 
 _GENERATORS: ProcessCache[Generator] = ProcessCache()

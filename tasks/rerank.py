@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import threading
 from typing import Protocol
 
 import torch
@@ -64,7 +63,6 @@ class GeneratorYesReranker:
         self.batch_size = batch_size
         tok = self.gen.tokenizer
         self.yes_ids = sorted({tok.encode(w, add_special_tokens=False)[0] for w in ("yes", "Yes", " yes", " Yes")})
-        self._lock = threading.Lock()
 
     @torch.inference_mode()
     def score(self, query: str, passages: list[str]) -> list[float]:
@@ -74,7 +72,7 @@ class GeneratorYesReranker:
         out = [0.0] * len(ids)
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         model = self.gen.model
-        with self._lock:
+        with self.gen.lock:  # the generator's model: one forward at a time
             for s in range(0, len(order), self.batch_size):
                 batch = order[s : s + self.batch_size]
                 x, m = self.gen.left_padded([ids[i] for i in batch])
