@@ -115,7 +115,7 @@ def test_answer_deployment_run_and_its_artifact_in_the_ui(tmp_path):
         _wait("served deployments", lambda: len(_post(f"{api}/deployments/filter", {})) == 2, 90, serve_log, serve)
 
         # Trigger both runs by hand, exactly as the README says (each runs in a fresh process started by serve).
-        for name, params in (("index/reindex", []), ("answer-inbox/inbox", ["-p", "max_new_tokens=8"])):
+        for name, params in (("index/reindex", []), ("answer-inbox/inbox", ["-p", 'changes={"max_new_tokens": 8}'])):
             run = subprocess.run([PREFECT, "deployment", "run", name, *params, "--watch", "--watch-timeout", "240"],
                                  cwd=ROOT, env=client_env, capture_output=True, text=True, timeout=300)
             assert run.returncode == 0 and "Completed" in run.stdout, f"{run.stdout}\n{run.stderr}\n{_tail(serve_log)}"
