@@ -90,6 +90,7 @@ class GenerationStats:
     batches: int = 0
     prompt_tokens: int = 0  # real tokens, without padding
     padded_tokens: int = 0  # prompt tokens including left padding (the work the model actually did)
+    copy_tokens: int = 0  # prompt tokens of the second copy a one-row batch runs with (exact mode)
     new_tokens: int = 0  # generated tokens up to and including each row's end-of-sequence token
     seconds: float = 0.0
     dtype: str = ""
@@ -219,7 +220,8 @@ class Generator:
                     stats.new_tokens += n
                     out[i] = row[:n]
                 stats.batches += 1
-                stats.padded_tokens += width * len(rows)  # the work done, a duplicated row included
+                stats.padded_tokens += width * len(batch)
+                stats.copy_tokens += width * (len(rows) - len(batch))
                 stats.seconds = time.perf_counter() - t0
                 bar.update(len(batch))
                 done_real += sum(len(prompts[i]) for i in batch)
