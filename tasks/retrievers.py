@@ -8,9 +8,7 @@
 from __future__ import annotations
 
 import sys
-import threading
 import time
-from collections import OrderedDict
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -18,6 +16,7 @@ import torch
 from tqdm import tqdm
 
 from tasks.backend import Backend, Hits
+from tasks.cache import ProcessCache
 from tasks.config import RetrievalConfig
 from tasks.embed import EmbedderConfig, load_embedder
 from tasks.fusion import rrf_fuse
@@ -158,9 +157,8 @@ class RerankedRetriever(Retriever):
         return Hits(new_rows, new_scores)
 
 
-_RECENT_QUERIES: OrderedDict[tuple, torch.Tensor] = OrderedDict()
-_RECENT_LOCK = threading.Lock()
 RECENT_BATCHES = 8  # query batches whose embeddings are kept (a few answer batches in flight, each a few KiB)
+_RECENT_QUERIES: ProcessCache[torch.Tensor] = ProcessCache(max_items=RECENT_BATCHES)
 
 
 def embed_queries(config: EmbedderConfig, device: str | None, queries: list[str]) -> torch.Tensor:
@@ -168,16 +166,7 @@ def embed_queries(config: EmbedderConfig, device: str | None, queries: list[str]
     scores (tasks/cosines.py), or eval's exact and approximate searches, embed the same batch of questions;
     the second caller gets the first one's tensor (read-only by every caller) instead of running the model."""
     key = (config.fingerprint["id"], config.path, device, tuple(queries))
-    with _RECENT_LOCK:
-        if key in _RECENT_QUERIES:
-            _RECENT_QUERIES.move_to_end(key)
-            return _RECENT_QUERIES[key]
-    q = load_embedder(config, device).embed_queries(queries)
-    with _RECENT_LOCK:
-        _RECENT_QUERIES[key] = q
-        while len(_RECENT_QUERIES) > RECENT_BATCHES:
-            _RECENT_QUERIES.popitem(last=False)
-    return q
+    return _RECENT_QUERIES.get(key, lambda: load_embedder(config, device).embed_queries(queries))
 
 
 def base_retriever(index: LoadedGeneration, config: RetrievalConfig, embedder: EmbedderConfig,

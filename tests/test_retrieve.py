@@ -134,6 +134,7 @@ def test_a_batch_of_queries_is_embedded_once(monkeypatch):
     from types import SimpleNamespace
 
     import tasks.retrievers as retrievers
+    from tasks.cache import ProcessCache
 
     calls: list[list[str]] = []
 
@@ -143,7 +144,7 @@ def test_a_batch_of_queries_is_embedded_once(monkeypatch):
             return torch.ones(len(queries), 4)
 
     monkeypatch.setattr(retrievers, "load_embedder", lambda config, device: FakeEmbedder())
-    monkeypatch.setattr(retrievers, "_RECENT_QUERIES", type(retrievers._RECENT_QUERIES)())
+    monkeypatch.setattr(retrievers, "_RECENT_QUERIES", ProcessCache(max_items=retrievers.RECENT_BATCHES))
     config = SimpleNamespace(fingerprint={"id": "fid"}, path="/m")
     first = retrievers.embed_queries(config, "cpu", ["a", "b"])
     assert retrievers.embed_queries(config, "cpu", ["a", "b"]) is first and calls == [["a", "b"]]
