@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from tasks.cache import ProcessCache
 from tasks.config import DEFAULT_EMBEDDER
 from tasks.device import default_device, dtype_name, resolve_dtype
+from tasks.invariant import EMBED_TILE, make_batch_invariant, needs_tiles
 
 log = logging.getLogger(__name__)
 
@@ -216,6 +217,8 @@ class Embedder:
         from transformers import AutoModel, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
+        from tasks.attention import use_rowwise_attention
+
         hf_logging.disable_progress_bar()  # our own bar reports chunks/s; theirs only reports weight loading
 
         self.config = config
@@ -224,6 +227,12 @@ class Embedder:
         self.tokenizer = AutoTokenizer.from_pretrained(config.path)
         self.model = AutoModel.from_pretrained(config.path, dtype=dtype).to(self.device).eval()
         self.last_stats: dict[str, float] = {}
+        # A text's embedding must not depend on the batch it is in: a resumed index run batches the remaining
+        # chunks differently from a clean one, and a query is embedded alone or with others. On a CPU that
+        # holds bit for bit: row-wise attention over real tokens (right padding moved SDPA's key blocks), fixed
+        # row tiles (tasks/invariant.py) and pooling over each row's real tokens alone.
+        self.exact = (needs_tiles(self.device) and use_rowwise_attention(self.model) is None
+                      and bool(make_batch_invariant(self.model, prefill_tile=EMBED_TILE)))
 
     @property
     def special_tokens(self) -> int:
@@ -296,7 +305,13 @@ class Embedder:
                 mask[row, : len(enc[i])] = 1
             ids, mask = ids.to(self.device), mask.to(self.device)
             hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
-            out[idx] = self._pool(hidden, mask).float().cpu()
+            if self.exact:  # one row at a time on its real tokens: a pooled sum's order ignores the padding
+                lengths = mask.sum(1).tolist()
+                pooled = torch.cat([self._pool(hidden[r : r + 1, :n], mask[r : r + 1, :n])
+                                    for r, n in enumerate(lengths)])
+            else:
+                pooled = self._pool(hidden, mask)
+            out[idx] = pooled.float().cpu()
             pos += n
             bar.update(n)
         return out

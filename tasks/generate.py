@@ -5,12 +5,14 @@ Throughput comes from batching: prompts are sorted by token length so each batch
 is one ``model.generate`` call. The with-context and without-context prompts of all questions go through
 one such pass together.
 
-On a CPU, batching never changes an answer (``Generator.exact``), in bfloat16 as in float32. Two things
-used to: torch's fused attention (SDPA) walks the keys in blocks, so left padding shifted where its partial
-sums fell; and a matmul with one row takes another kernel (gemv) than one with several, with other rounding.
-bf16 keeps ~3 significant digits, so both flipped near-tie argmaxes (3 of 20 test prompts). So attention runs
-row by row on each row's real tokens (``tasks/attention.py``), and a batch of one row runs as two copies of
-it: a prompt's tokens are then the same alone or in any batch (tested).
+On a CPU, batching never changes an answer (``Generator.exact``), in bfloat16 as in float32, on the AMD Zen 4 and
+the Intel AMX machines alike. Three things used to: torch's fused attention (SDPA) walks the keys in blocks, so
+left padding shifted where its partial sums fell; a matmul with one row takes another kernel (gemv) than one with
+several; and on AMX, oneDNN picks its bf16 GEMM kernel by the call's row count, so a row's result depended on how
+many rows shared its call. bf16 keeps ~3 significant digits, so each flipped near-tie argmaxes. So attention
+runs row by row on each row's real tokens (``tasks/attention.py``) and every linear layer multiplies in fixed
+tiles of rows (``tasks/invariant.py``), a one-row batch included: a prompt's tokens are then the same alone or in
+any batch (tested).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from tqdm import tqdm
 from tasks.cache import ProcessCache
 from tasks.config import GenerationConfig
 from tasks.device import default_device, dtype_name, resolve_dtype
+from tasks.invariant import make_batch_invariant, needs_tiles
 from tasks.prepare import prepare_generator
 from tasks.prompts import Message, PromptTemplate, get_prompt
 
@@ -90,7 +93,6 @@ class GenerationStats:
     batches: int = 0
     prompt_tokens: int = 0  # real tokens, without padding
     padded_tokens: int = 0  # prompt tokens including left padding (the work the model actually did)
-    copy_tokens: int = 0  # prompt tokens of the second copy a one-row batch runs with (exact mode)
     new_tokens: int = 0  # generated tokens up to and including each row's end-of-sequence token
     seconds: float = 0.0
     dtype: str = ""
@@ -131,7 +133,8 @@ class Generator:
             pad = min(self.eos_ids) if self.eos_ids else 0
         self.pad_id: int = pad
         self.lock = threading.Lock()  # one forward at a time per model (Prefect may run tasks in threads)
-        self.exact = device == "cpu" and _rowwise_attention(model)  # batch-invariant answers (module docstring)
+        # Batch-invariant answers (module docstring): row-wise attention and fixed row tiles, on a CPU.
+        self.exact = needs_tiles(device) and _rowwise_attention(model) and bool(make_batch_invariant(model))
 
     def __repr__(self) -> str:
         return f"Generator({self.name!r}, path={str(self.path)!r}, device={self.device!r}, dtype={self.dtype!r})"
@@ -208,10 +211,7 @@ class Generator:
         with self.lock, bar:
             t0 = time.perf_counter()
             for batch in batches:
-                rows = [prompts[i] for i in batch]
-                if self.exact and len(rows) == 1:
-                    rows *= 2  # a one-row matmul takes the gemv kernel, whose rounding differs
-                input_ids, attention_mask = self.left_padded(rows)
+                input_ids, attention_mask = self.left_padded([prompts[i] for i in batch])
                 width = input_ids.shape[1]
                 gen = self.model.generate(input_ids=input_ids, attention_mask=attention_mask,
                                           generation_config=config)
@@ -221,7 +221,6 @@ class Generator:
                     out[i] = row[:n]
                 stats.batches += 1
                 stats.padded_tokens += width * len(batch)
-                stats.copy_tokens += width * (len(rows) - len(batch))
                 stats.seconds = time.perf_counter() - t0
                 bar.update(len(batch))
                 done_real += sum(len(prompts[i]) for i in batch)
@@ -246,15 +245,13 @@ class Generator:
 
 def _rowwise_attention(model) -> bool:
     """Switch ``model`` to the row-wise exact attention of tasks/attention.py; False where it cannot take it."""
-    from tasks.attention import NAME
+    from tasks.attention import use_rowwise_attention
 
-    try:
-        model.set_attn_implementation(NAME)
-    except (ValueError, NotImplementedError, AttributeError) as exc:
+    why = use_rowwise_attention(model)
+    if why:
         log.warning("%s keeps %s attention (%s): batched answers may differ in their last bits from one prompt "
-                    "at a time", type(model).__name__, model.config._attn_implementation, exc)
-        return False
-    return True
+                    "at a time", type(model).__name__, model.config._attn_implementation, why)
+    return why is None
 
 
 _GENERATORS: ProcessCache[Generator] = ProcessCache()

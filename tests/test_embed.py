@@ -125,3 +125,22 @@ def test_unknown_pooling_is_an_error_at_load(tmp_path, minilm):
 def test_max_length_beyond_positions_is_refused(minilm):
     with pytest.raises(EmbedderConfigError, match="exceeds its 512 position embeddings"):
         resolve_embedder("all-MiniLM-L6-v2", max_length=1024)
+
+
+@pytest.mark.parametrize("dtype", ["auto", "float32"])
+def test_an_embedding_does_not_depend_on_its_batch(minilm, dtype):
+    """Bit for bit, on any CPU kind: a resumed index run batches the remaining chunks differently from a clean
+    run, and a query is embedded alone or with others (row-wise attention, fixed row tiles, per-row pooling)."""
+    import random
+
+    model = load_embedder(minilm, "cpu", dtype)
+    assert model.exact
+    rng = random.Random(0)
+    words = "the quick brown fox jumps over a lazy dog while Llama 3 reads 15 trillion tokens".split()
+    texts = TEXTS + [" ".join(rng.choice(words) for _ in range(rng.randint(2, 200))) for _ in range(40)]
+    together = model.embed_passages(texts)
+    alone = torch.cat([model.embed_passages([t]) for t in texts])
+    reversed_small = model.embed_passages(texts[::-1], batch_tokens=2000).flip(0)
+    for other in (alone, reversed_small):
+        assert torch.equal(together, other), float((together - other).abs().max())
+    assert torch.equal(model.embed_queries(texts[:1]), model.embed_queries(texts[:9])[:1])

@@ -1,0 +1,91 @@
+"""Batch-invariant linear layers: a row's result never depends on how many rows share its matmul.
+
+Why: oneDNN chooses its bf16 GEMM kernel and blocking from the call's shape. On the Intel Xeon with AMX
+(``benchmarks/RESULTS.md``, "Determinism"), a row of ``x[:M] @ W.T`` differs in its last bits from the same row
+inside a larger call for most M between 1 and 96, and for many large M too (128, 256, 4096 on Qwen-0.5B's MLP):
+so the same prompt got another answer in another batch, and a resumed index run stored other embeddings than
+a clean one. On the AMD Zen 4 the kernels happened to agree for the shapes measured, which is luck, not a rule.
+
+How: every linear call on the CPU runs as a sequence of calls of exactly ``tile`` rows, the
+last one padded with zero rows. One call shape means one kernel, and within a tile a row's result does not
+depend on its position or on its neighbours (measured for every Qwen, SmolLM2 and MiniLM shape, tiles of
+16-128). So a row's output is a function of that row alone, on both CPU kinds, by construction.
+
+Two tiles, because the two phases of a causal LM want different ones and each phase's calls are told apart
+by their shape alone (never by the batch): a call over one position per row (``[..., 1, k]``: decoding, and
+the LM head, which HF applies to the last position only) uses the small ``decode_tile``, since padding a
+4-row decode step to 256 rows would cost 6x; every other call (prefill, an encoder) uses ``prefill_tile``,
+large enough that a tile reads its weights once for many rows. What each costs is measured in
+``benchmarks/determinism.py``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+# Chosen in benchmarks/determinism.py (Intel AMX, Qwen-0.5B bf16 prefill and decode): see benchmarks/RESULTS.md.
+PREFILL_TILE = 256
+DECODE_TILE = 16
+EMBED_TILE = 1024  # an encoder's calls are all "prefill": large tiles cost it least
+
+
+class TiledLinear(torch.nn.Linear):
+    """An ``nn.Linear`` whose forward always multiplies in fixed tiles of rows (module docstring).
+
+    Installed by swapping the class of an existing layer, so weights, ``state_dict`` and ``save_pretrained``
+    are untouched.
+    """
+
+    prefill_tile: int = PREFILL_TILE
+    decode_tile: int = DECODE_TILE
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        one_position = x.dim() < 3 or x.shape[-2] == 1
+        return tiled_linear(x, self.weight, self.bias, self.decode_tile if one_position else self.prefill_tile)
+
+
+def tiled_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, tile: int) -> torch.Tensor:
+    """``F.linear(x, weight, bias)`` computed as calls of exactly ``tile`` rows each.
+
+    Full tiles are views of ``x`` written into one preallocated output; only the last, partial tile is copied
+    and padded with zero rows (an earlier version padded and concatenated everything: 1.2-4x slower).
+    """
+    lead = x.shape[:-1]
+    flat = x.reshape(-1, x.shape[-1])
+    rows = flat.shape[0]
+    full = rows - rows % tile
+    if full == rows == tile:
+        return F.linear(flat, weight, bias).reshape(*lead, weight.shape[0])
+    out = flat.new_empty(rows, weight.shape[0])
+    for i in range(0, full, tile):
+        out[i : i + tile] = F.linear(flat[i : i + tile], weight, bias)
+    if full < rows:
+        last = flat.new_zeros(tile, flat.shape[1])
+        last[: rows - full] = flat[full:]
+        out[full:] = F.linear(last, weight, bias)[: rows - full]
+    return out.reshape(*lead, weight.shape[0])
+
+
+def needs_tiles(device: str) -> bool:
+    """Where fixed tiles are what makes batching exact: on a CPU, in every dtype.
+
+    float32 needs them too: its kernels also vary by row count (a one-row gemv, up to 1.4e-7 between batch plans
+    of MiniLM), and there they cost 1.0-1.07x (benchmarks/RESULTS.md). On CUDA nothing is promised: cuBLAS picks
+    kernels by shape too, and a GPU run is compared within tolerance, not bit for bit.
+    """
+    return device == "cpu"
+
+
+def make_batch_invariant(model: torch.nn.Module, prefill_tile: int = PREFILL_TILE,
+                         decode_tile: int = DECODE_TILE) -> int:
+    """Turn every ``nn.Linear`` of ``model`` into a :class:`TiledLinear`; returns how many were turned."""
+    if prefill_tile < 1 or decode_tile < 1:
+        raise ValueError("tiles must be >= 1 row")
+    n = 0
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear):
+            module.__class__ = TiledLinear
+            module.prefill_tile, module.decode_tile = prefill_tile, decode_tile
+            n += 1
+    return n
