@@ -9,7 +9,6 @@ question batch the same way, and the flow process writes each finished batch.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from collections import deque
@@ -59,7 +58,9 @@ def task_runner(kind: str = "threads", address: str | None = None, workers: int 
     ``threads``: Prefect's ``ThreadPoolTaskRunner``. ``dask``: ``prefect_dask.DaskTaskRunner`` on an existing
     cluster when ``address`` is given (``tcp://scheduler:8786``), else on a temporary ``LocalCluster`` of
     ``workers`` processes with one thread each, bound to 127.0.0.1, dashboard off. Each local worker's torch
-    gets ``cpu_count // workers`` threads, so one worker still uses the whole CPU.
+    gets as many threads as this process's: a linear layer's rounding depends on its thread count (oneDNN
+    splits the work by it), so only then are the workers' embeddings and answers the thread runner's, bit for
+    bit. With 2 workers on 2 cores they share the cores; measured cost in benchmarks/RESULTS.md.
     """
     if kind == "threads":
         if address:
@@ -77,7 +78,9 @@ def task_runner(kind: str = "threads", address: str | None = None, workers: int 
         return DaskTaskRunner(address=address)
     if workers < 1:
         raise ValueError(f"--dask-workers must be at least 1, got {workers}")
-    threads = str(max(1, (os.cpu_count() or 1) // workers))
+    import torch
+
+    threads = str(torch.get_num_threads())
     return DaskTaskRunner(
         cluster_class="distributed.LocalCluster",
         cluster_kwargs={
@@ -86,8 +89,10 @@ def task_runner(kind: str = "threads", address: str | None = None, workers: int 
             "processes": True,
             "host": "127.0.0.1",
             "dashboard_address": None,
-            # Dask's nanny pins OMP/MKL threads to 1 per worker; give each worker its share of the CPU instead.
-            "env": {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads},
+            # Dask's nanny pins OMP/MKL threads to 1 per worker; give each this process's count instead (above).
+            # PASSIVE: an idle OpenMP thread sleeps instead of spinning on a core another worker needs.
+            "env": {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads,
+                    "OMP_WAIT_POLICY": "PASSIVE"},
         },
     )
 

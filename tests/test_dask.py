@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from conftest import write_corpus
 from storage.store import Store
@@ -44,12 +45,10 @@ def test_dask_local_cluster_builds_the_same_store(prefect_harness, tmp_path):
     m2, man2, ch2 = _store_content(tmp_path / "dask")
     assert man1 == man2  # same documents, content hashes, chunk counts, embedder and chunking
     assert sorted(ch1) == sorted(ch2) and len(ch1) == m1.live_rows == m2.live_rows
-    worst = 0.0
     for cid, (doc, text, vec) in ch1.items():
         doc2, text2, vec2 = ch2[cid]
         assert (doc, text) == (doc2, text2)
-        worst = max(worst, float((vec - vec2).abs().max()))
-    assert worst < 1e-5, worst
+        assert torch.equal(vec, vec2), (cid, float((vec - vec2).abs().max()))  # same rows, whatever the process
 
     # Incremental re-runs work the same on Dask: nothing changed, nothing embedded.
     again = run_index(corpus, tmp_path / "dask", batch_docs=2, runner="dask", dask_workers=2)
