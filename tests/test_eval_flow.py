@@ -65,3 +65,19 @@ def test_jsonl_dataset_shape(tmp_path):
     ds = load_eval_dataset(str(f), corpus=corpus)
     assert ds.questions[0].answers == ("x",) and ds.questions[0].evidence_doc_ids == ("a.txt",)
     assert ds.questions[0].id == "qs:1" and ds.questions[0].spans == ()
+
+
+def test_squad_comes_from_the_file_ragbatch_squad_names(tmp_path, monkeypatch):
+    """The registry no longer serves bigbench==1.0.0: a named local copy is read first, never downloaded."""
+    import pytest
+
+    from tasks.datasets import SQUAD_ENV, DatasetError, load_eval_dataset
+
+    monkeypatch.setenv("RAGBATCH_HOME", str(tmp_path / "home"))  # no cached copy to fall back on
+    monkeypatch.setenv(SQUAD_ENV, str(_squad_json(tmp_path / "dev-v1.1.json")))
+    ds = load_eval_dataset("squad")
+    assert [q.id for q in ds.questions] == ["r1", "m1", "f1"] and ds.documents == 3
+    assert not (tmp_path / "home" / "downloads").exists(), "nothing fetched"
+    monkeypatch.setenv(SQUAD_ENV, str(tmp_path / "missing.json"))
+    with pytest.raises(DatasetError, match=rf"{SQUAD_ENV}=.*missing\.json: no such file.*dev-v1\.1\.json"):
+        load_eval_dataset("squad")
