@@ -15,8 +15,9 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.naming import run_name
 from flows.runners import in_order
+from storage.outputs import check_outputs
 from storage.report_html import report_path, write_answer_report
-from storage.results import ResultParts, ResultRow, write_results
+from storage.results import ResultParts, ResultRow, answer_outputs, write_results
 from storage.store import Store
 from tasks.cite import cite_columns, cited_where, strip_citations
 from tasks.config import GenerationConfig, RetrievalConfig, apply_changes, to_dict, with_changes
@@ -208,6 +209,7 @@ def answer_flow(
     gs = with_changes(gs, prompt=get_prompt(gs.prompt).name)  # the config says which template ran
     t0 = time.perf_counter()
     logger = get_run_logger()
+    check_outputs(answer_outputs(out), inputs=questions, stores=[store])  # before any work (storage/outputs.py)
     config = embedder_for_store(store, rc.embedder)  # refuses a store built by another embedder, up front
     loaded = load_questions_task(questions)
     report = AnswerReport(out=str(Path(out).expanduser().resolve()), question_errors=loaded.errors)

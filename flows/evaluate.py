@@ -17,6 +17,7 @@ from flows.answer import answer_flow, report_task
 from flows.index import index_flow
 from flows.naming import run_name
 from storage.atomic import write_bytes_atomic
+from storage.outputs import check_outputs
 from storage.reports import VERDICTS, metric_table, write_eval_report
 from storage.results import ResultRow, read_results
 from tasks.config import GenerationConfig, IndexConfig, RetrievalConfig, apply_changes, to_dict, with_changes
@@ -108,6 +109,8 @@ def eval_flow(
     gs = with_changes(gs, prompt=get_prompt(gs.prompt).name)
     ks = sorted(set(ks or [1, 5, 10]))
     out = Path(out_dir).expanduser().resolve()
+    inputs = [p for p in (dataset, corpus) if p and Path(p).expanduser().exists()]
+    check_outputs([out], inputs=inputs, stores=[store])  # before any work (storage/outputs.py)
     out.mkdir(parents=True, exist_ok=True)
     ds = load_dataset_task(dataset, corpus, limit, sample, seed)
     idx = index_flow(str(ds.corpus), store, ic, device=device)

@@ -226,6 +226,13 @@ def answer(
     if not questions or not store:
         _fail(typer.BadParameter("give QUESTIONS and --store, or --config RUN.config.json"))
     _check_output_file(out)
+    try:  # the flow checks again (serve and the inbox call it directly); here it fails before Prefect starts
+        from storage.outputs import check_outputs
+        from storage.results import answer_outputs
+
+        check_outputs(answer_outputs(out), inputs=questions, stores=[store])
+    except ValueError as exc:
+        _fail(exc)
     from flows.answer import run_answer
 
     try:
@@ -332,6 +339,13 @@ def evaluate(
     _check_numbers(limit=(limit or 1, 1, None), sample=(sample or 1, 1, None))
     if out.expanduser().is_file():
         _fail(typer.BadParameter(f"--out {out}: is a file; eval writes a report folder"))
+    try:
+        from storage.outputs import check_outputs
+
+        check_outputs([out], inputs=[p for p in (Path(dataset), corpus) if p and p.expanduser().exists()],
+                      stores=[store])
+    except ValueError as exc:
+        _fail(exc)
     try:
         index, retrieval, generation = settings.index(), settings.retrieval(), settings.generation()
         ks = [int(x) for x in k.split(",") if x.strip()] if k else None

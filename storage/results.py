@@ -107,6 +107,14 @@ def config_path(results: Path) -> Path:
     return results.with_name(results.stem + ".config.json")
 
 
+def answer_outputs(results: str | Path) -> list[Path]:
+    """Everything an answer run writes for ``results``: the table, its config, its report and its parts folder."""
+    from storage.report_html import report_path
+
+    results = Path(results).expanduser().resolve()
+    return [results, config_path(results), report_path(results), ResultParts(results).dir]
+
+
 class ResultParts:
     """Finished batches of a run in progress, in ``<results>.parts/``, so a killed run resumes where it stopped.
 

@@ -1,0 +1,107 @@
+"""Issue 22, finding 1: no output path can destroy a store or an input (real CLI, real flows, real store).
+
+Each case lost data with exit 0 before: ``--out STORE/index.json``, an out equal to the store's manifest or to the
+questions file, a table under ``STORE/shards/`` (deleted by the next index run's garbage collection).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from conftest import FAST_GENERATOR, write_corpus
+from storage.outputs import OutputPathError, check_outputs, store_root
+from storage.store import Store
+
+
+def _cli(*args: str):
+    from ragbatch.cli import app
+
+    return CliRunner().invoke(app, list(args))
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def indexed(prefect_harness, tmp_path_factory) -> tuple[Path, Path]:
+    """A real store of two documents, and a Parquet question file beside it."""
+    import polars as pl
+
+    from flows.index import run_index
+
+    root = tmp_path_factory.mktemp("outputs")
+    docs = write_corpus(root / "docs", {"a.txt": "The Seine flows through Paris.", "b.txt": "K2 is a mountain."})
+    store = root / "store"
+    run_index(docs, store)
+    questions = root / "q.parquet"
+    pl.DataFrame({"id": ["q1"], "question": ["Which river flows through Paris?"]}).write_parquet(questions)
+    return store, questions
+
+
+def test_answer_refuses_outputs_inside_a_store_or_over_an_input(indexed, tmp_path):
+    store, questions = indexed
+    before, q_before = _snapshot(store), questions.read_bytes()
+    manifest = next(store.glob("manifest-*.parquet"))
+    link = tmp_path / "looks-elsewhere"
+    link.symlink_to(store, target_is_directory=True)
+    for out, msg in [(store / "index.json", "inside the store"),
+                     (manifest, "inside the store"),
+                     (store / "shards" / "results.parquet", "inside the store"),
+                     (link / "results.parquet", "inside the store"),  # a symlink does not hide it
+                     (questions, "would overwrite the run's input")]:
+        res = _cli("answer", str(questions), "--store", str(store), "--out", str(out))
+        assert res.exit_code == 2 and msg in " ".join(res.output.split()), (out, res.output)
+    assert _snapshot(store) == before and questions.read_bytes() == q_before
+    assert Store(store).verify().problems == []
+
+    # A run config naming such an out is refused the same way (the same check, before any work).
+    cfg = tmp_path / "run.config.json"
+    cfg.write_text(json.dumps({"questions": [str(questions)], "store": str(store), "out": str(manifest),
+                               "retrieval": {}, "generation": {}}))
+    res = _cli("answer", "--config", str(cfg))
+    assert res.exit_code == 2 and "inside the store" in " ".join(res.output.split()), res.output
+    assert _snapshot(store) == before
+
+
+def test_the_flows_refuse_them_too(indexed, tmp_path):
+    """serve and the inbox call the flows, not the CLI: the flow's own check is the one that counts."""
+    from flows.answer import run_answer
+    from flows.evaluate import run_eval
+    from flows.inbox import run_inbox
+
+    store, questions = indexed
+    before = _snapshot(store)
+    with pytest.raises(OutputPathError, match="inside the store"):
+        run_answer(questions, store, store / "shards" / "x.parquet", generator=FAST_GENERATOR)
+    with pytest.raises(OutputPathError, match="would overwrite the run's input"):
+        run_answer(questions, store, questions, generator=FAST_GENERATOR)
+    with pytest.raises(OutputPathError, match="inside the store"):
+        run_eval(str(questions), store, store / "report", corpus=str(tmp_path))
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    with pytest.raises(OutputPathError, match="inside the store"):
+        run_inbox(inbox, store / "results", store, generator=FAST_GENERATOR)
+    with pytest.raises(OutputPathError, match="inside the run's input folder"):
+        run_inbox(inbox, inbox / "results", store, generator=FAST_GENERATOR)
+    assert _snapshot(store) == before
+
+
+def test_what_counts_as_a_store(tmp_path):
+    web = tmp_path / "site"
+    web.mkdir()
+    (web / "index.json").write_text("{}")  # a common name: not a store without shards or a manifest
+    assert store_root(web / "out.parquet") is None
+    check_outputs([web / "out.parquet"])
+    (web / "shards").mkdir()
+    assert store_root(web / "deep" / "out.parquet") == web.resolve()
+    fresh = tmp_path / "new-store"  # the run's own store, before its first commit
+    with pytest.raises(OutputPathError, match="inside the store"):
+        check_outputs([fresh / "out.parquet"], stores=[str(fresh)])
+    check_outputs([tmp_path / "out.parquet"], inputs=[tmp_path / "q.jsonl"], stores=["s3://bucket/prefix"])
+    assert not os.path.exists(tmp_path / "out.parquet")
