@@ -71,6 +71,8 @@ def load_documents(root: str | Path, follow_symlinks: bool = False) -> LoadResul
                 got, errs = loader.load(rel, raw, st.st_mtime)
             except LoadError as exc:
                 problem = str(exc)
+            except Exception as exc:  # noqa: BLE001 - a parser's bug or limit costs this file, never the run
+                problem = f"could not be read as {loader.format} ({type(exc).__name__}: {str(exc)[:300]})"
         if problem:
             errors.append(f"{rel}: {problem}")
             failed.add(rel)  # a file indexed before keeps that version (it may be mid-write, or re-exported later)

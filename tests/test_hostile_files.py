@@ -1,0 +1,110 @@
+"""Issue 22, finding 2: one hostile file never stops a whole index run (real loaders, real flow, real PDFs).
+
+The hostile PDFs are built here, byte by byte: a Flate bomb (a small stream that inflates past pypdf's limit),
+a page tree that claims 10⁸ pages, and one with more real pages than the documented cap. Each is named and
+skipped with its reason; the rest of the folder is indexed.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import pytest
+
+from conftest import write_corpus
+from tasks.load import load_documents
+from tasks.loaders.pdf import MAX_PAGES_ENV, max_pdf_pages
+
+
+def pdf_bytes(objects: list[bytes]) -> bytes:
+    """A PDF file of ``objects`` (object 1 is the catalog), with a correct cross-reference table."""
+    out = bytearray(b"%PDF-1.4\n")
+    offsets = []
+    for n, body in enumerate(objects, 1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n" % n + body + b"\nendobj\n"
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % o for o in offsets)
+    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
+    return bytes(out)
+
+
+def stream(data: bytes, flate: bool = False) -> bytes:
+    body = zlib.compress(data, 9) if flate else data
+    head = b"<< /Length %d%s >>" % (len(body), b" /Filter /FlateDecode" if flate else b"")
+    return head + b"\nstream\n" + body + b"\nendstream"
+
+
+def text_page(n: int, content: int) -> bytes:
+    return (b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 200 200] /Contents %d 0 R "
+            b"/Resources << /Font << /F1 %d 0 R >> >> >>" % (content, n))
+
+
+FONT = b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>"
+
+
+def good_pdf(pages: int = 1, text: bytes = b"The Seine flows through Paris.") -> bytes:
+    """``pages`` pages of real text (objects: catalog, pages, font, then page + content per page)."""
+    kids = b" ".join(b"%d 0 R" % (4 + 2 * i) for i in range(pages))
+    objs = [b"<< /Type /Catalog /Pages 2 0 R >>", b"<< /Type /Pages /Kids [%s] /Count %d >>" % (kids, pages), FONT]
+    for i in range(pages):
+        objs += [text_page(3, 5 + 2 * i), stream(b"BT /F1 12 Tf 20 100 Td (" + text + b" %d) Tj ET" % i)]
+    return pdf_bytes(objs)
+
+
+def flate_bomb() -> bytes:
+    """One page whose 200 MB content stream is ~200 KB compressed: pypdf refuses to inflate it (LimitReachedError)."""
+    return pdf_bytes([b"<< /Type /Catalog /Pages 2 0 R >>", b"<< /Type /Pages /Kids [4 0 R] /Count 1 >>", FONT,
+                      text_page(3, 5), stream(b" " * (200 << 20), flate=True)])
+
+
+def claims_huge_page_count() -> bytes:
+    """A 1 KB page tree that claims 10⁸ pages."""
+    return pdf_bytes([b"<< /Type /Catalog /Pages 2 0 R >>", b"<< /Type /Pages /Kids [4 0 R] /Count 100000000 >>",
+                      FONT, text_page(3, 5), stream(b"BT /F1 12 Tf 20 100 Td (Hello) Tj ET")])
+
+
+def test_hostile_pdfs_are_named_and_skipped_and_the_rest_loads(tmp_path, monkeypatch):
+    monkeypatch.setenv(MAX_PAGES_ENV, "5")
+    assert max_pdf_pages() == 5
+    docs = write_corpus(tmp_path / "docs", {
+        "good.pdf": good_pdf(2), "notes.txt": "K2 is the second highest mountain.",
+        "bomb.pdf": flate_bomb(), "claims.pdf": claims_huge_page_count(), "many.pdf": good_pdf(6),
+    })
+    res = load_documents(docs)
+    assert sorted(d.doc_id for d in res.documents) == ["good.pdf", "notes.txt"]
+    assert "The Seine flows through Paris. 1" in next(d.text for d in res.documents if d.doc_id == "good.pdf")
+    by_file = {e.split(":", 1)[0]: e for e in res.errors}
+    assert set(by_file) == {"bomb.pdf", "claims.pdf", "many.pdf"}, res.errors
+    assert "too large" in by_file["bomb.pdf"], by_file["bomb.pdf"]
+    for name, pages in (("claims.pdf", "100000000"), ("many.pdf", "6")):
+        assert f"{pages} pages" in by_file[name] and f"limit of 5 ({MAX_PAGES_ENV})" in by_file[name], by_file[name]
+    assert res.failed_paths == {"bomb.pdf", "claims.pdf", "many.pdf"}  # an earlier indexed version is kept
+    monkeypatch.setenv(MAX_PAGES_ENV, "0")
+    with pytest.raises(ValueError, match=MAX_PAGES_ENV):
+        max_pdf_pages()
+
+
+def test_any_loader_failure_is_per_file(tmp_path, monkeypatch):
+    """A loader that raises something unexpected (not LoadError) costs its own file only, named with the reason."""
+    from tasks.loaders import pdf
+
+    def explode(raw: bytes):
+        raise RuntimeError("a parser bug")
+
+    monkeypatch.setattr(pdf, "extract_pages", explode)
+    docs = write_corpus(tmp_path / "docs", {"a.pdf": good_pdf(1), "b.txt": "Bananas are yellow."})
+    res = load_documents(docs)
+    assert [d.doc_id for d in res.documents] == ["b.txt"]
+    assert res.errors == ["a.pdf: could not be read as pdf (RuntimeError: a parser bug)"]
+
+
+def test_one_hostile_pdf_does_not_stop_the_index_flow(prefect_harness, tmp_path):
+    from flows.index import run_index
+
+    docs = write_corpus(tmp_path / "docs", {"bomb.pdf": flate_bomb(), "claims.pdf": claims_huge_page_count(),
+                                            "good.pdf": good_pdf(1), "notes.txt": "K2 is a mountain."})
+    report = run_index(docs, tmp_path / "store")
+    assert report.added == 2
+    assert sorted(s.split(":", 1)[0] for s in report.skipped_files) == ["bomb.pdf", "claims.pdf"]
