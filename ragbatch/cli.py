@@ -9,12 +9,12 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
 from deployments.serve import DEFAULT_CRON
 from ragbatch.options import Settings, with_settings
-from ragbatch.show import show
+from ragbatch.show import safe, show
+from storage.escape import terminal_text
 from storage.paths import configure_environment, demo_dir
 from tasks.config import DEFAULT_EMBEDDER, DEFAULT_GENERATOR, DTYPE_CHOICES
 
@@ -25,7 +25,7 @@ configure_environment()
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 # emoji=False: ":smile:" or "root:x:0:0" in a document must print as written; every user-controlled string
-# printed with markup on goes through escape() (a path or id like "[/x]" would raise MarkupError).
+# printed with markup on goes through safe() (a path or id like "[/x]" would raise MarkupError).
 console = Console(emoji=False)
 err = Console(stderr=True, emoji=False)
 
@@ -59,7 +59,7 @@ def _check_numbers(**options: tuple[float, float | None, float | None]) -> None:
 
 
 def _fail(exc: BaseException) -> None:
-    err.print(f"[bold red]error:[/] {escape(str(exc))}")
+    err.print(f"[bold red]error:[/] {safe(str(exc))}")
     raise typer.Exit(code=2)
 
 
@@ -81,11 +81,11 @@ def setup(
     try:
         t0 = time.perf_counter()
         run_dtype = dtype_name(resolve_dtype(dtype, device or default_device()))
-        console.print(f"embedder  {escape(embedder)}: {escape(str(prepare_embedder(embedder)))}")
-        console.print(f"generator {escape(generator)} ({run_dtype}): "
-                      f"{escape(str(prepare_generator(generator, run_dtype)))}")
+        console.print(f"embedder  {safe(embedder)}: {safe(str(prepare_embedder(embedder)))}")
+        console.print(f"generator {safe(generator)} ({run_dtype}): "
+                      f"{safe(str(prepare_generator(generator, run_dtype)))}")
         if demo:
-            console.print(f"demo corpus: {escape(str(build_demo_corpus()))}")
+            console.print(f"demo corpus: {safe(str(build_demo_corpus()))}")
         console.print(f"ready in {time.perf_counter() - t0:.1f}s")
     except Exception as exc:  # noqa: BLE001 - setup errors are shown, not traced
         _fail(exc)
@@ -116,11 +116,11 @@ def index(
     except Exception as exc:  # noqa: BLE001
         _fail(exc)
     for problem in r.skipped_files:
-        err.print(f"[yellow]skipped[/] {escape(problem)}")
+        err.print(f"[yellow]skipped[/] {safe(problem)}")
     if r.rebuild_reason:
-        err.print(f"[yellow]{escape(r.rebuild_reason)}[/]")
+        err.print(f"[yellow]{safe(r.rebuild_reason)}[/]")
     if r.removal_refused:
-        err.print(f"[bold red]a real run is refused:[/] {escape(r.removal_refused)}")
+        err.print(f"[bold red]a real run is refused:[/] {safe(r.removal_refused)}")
     head = "dry run, nothing written: " if r.dry_run else ""
     console.print(
         f"{head}documents added {r.added}, changed {r.changed}, unchanged {r.unchanged}, removed {r.removed}; "
@@ -138,11 +138,11 @@ def verify(store: Store) -> None:
 
     rep = IndexStore(store).verify()
     for problem in rep.problems:
-        console.print(f"problem: {problem}", highlight=False, markup=False, soft_wrap=True)
+        console.print(f"problem: {terminal_text(problem)}", highlight=False, markup=False, soft_wrap=True)
     if rep.problems:
-        err.print(f"[bold red]{len(rep.problems)} problem(s)[/] in {escape(str(rep.store))}")
+        err.print(f"[bold red]{len(rep.problems)} problem(s)[/] in {safe(str(rep.store))}")
         raise typer.Exit(code=1)
-    console.print(f"OK {escape(str(rep.store))}: generation {rep.generation}, {rep.documents} documents, "
+    console.print(f"OK {safe(str(rep.store))}: generation {rep.generation}, {rep.documents} documents, "
                   f"{rep.live_rows} live rows of {rep.total_rows} in {rep.shards} shards, {len(rep.orphans)} orphan "
                   f"files; BM25 index {rep.bm25}; {rep.seconds:.1f}s", highlight=False, soft_wrap=True)
 
@@ -190,7 +190,8 @@ def search(
         _fail(exc)
     for rank, (doc, score, text) in enumerate(zip(res.doc_ids, res.scores, res.texts, strict=True), 1):
         snippet = " ".join(text.split())
-        console.print(f"{rank:>3}  {score:.4f}  {doc}  {snippet[:100]}{'…' if len(snippet) > 100 else ''}",
+        line = f"{doc}  {snippet[:100]}{'…' if len(snippet) > 100 else ''}"
+        console.print(f"{rank:>3}  {score:.4f}  {terminal_text(line)}",
                       highlight=False, markup=False, soft_wrap=True)
 
 
@@ -241,12 +242,12 @@ def answer(
     except Exception as exc:  # noqa: BLE001
         _fail(exc)
     for problem in r.question_errors:
-        err.print(f"[yellow]skipped[/] {escape(problem)}")
+        err.print(f"[yellow]skipped[/] {safe(problem)}")
     print_answers(r.rows)
     console.print(f"{r.questions} questions, {r.differ} answers changed by retrieval; "
                   f"retrieval {r.retrieve_s:.1f}s, generation {r.generate_s:.1f}s ({r.dtype or 'resumed'}, padded/"
-                  f"real prompt tokens {r.padding_ratio:.2f}), total {r.seconds:.1f}s → {escape(str(r.out))}")
-    console.print(f"report: {escape(r.report or 'not written (see the log)')}", soft_wrap=True)
+                  f"real prompt tokens {r.padding_ratio:.2f}), total {r.seconds:.1f}s → {safe(str(r.out))}")
+    console.print(f"report: {safe(r.report or 'not written (see the log)')}", soft_wrap=True)
 
 
 @app.command()
@@ -281,9 +282,9 @@ def demo(
     except Exception as exc:  # noqa: BLE001
         _fail(exc)
     print_answers(a.rows)
-    console.print(f"{a.questions} questions, {a.differ} answers changed by retrieval; results → {escape(str(a.out))}; "
+    console.print(f"{a.questions} questions, {a.differ} answers changed by retrieval; results → {safe(str(a.out))}; "
                   f"demo wall time {time.perf_counter() - t0:.0f}s")
-    console.print(f"report: {escape(a.report or 'not written (see the log)')}", soft_wrap=True)  # last: the page
+    console.print(f"report: {safe(a.report or 'not written (see the log)')}", soft_wrap=True)  # last: the page
 
 
 @app.command()
@@ -309,8 +310,8 @@ def serve(
         url = require_server()
     except Exception as exc:  # noqa: BLE001
         _fail(exc)
-    console.print(f"serving index/reindex ({escape(cron or 'no schedule')}) and answer-inbox/inbox "
-                  f"({f'every {inbox_every:g}s' if inbox_every else 'by hand'}) against {escape(str(url))}; "
+    console.print(f"serving index/reindex ({safe(cron or 'no schedule')}) and answer-inbox/inbox "
+                  f"({f'every {inbox_every:g}s' if inbox_every else 'by hand'}) against {safe(str(url))}; "
                   "Ctrl-C pauses them")
     serve_deployments(docs, store, inbox=inbox, results=results, cron=cron, inbox_every=inbox_every, device=device,
                       **configs)
@@ -365,14 +366,14 @@ def evaluate(
         table.add_row(name, value)
     console.print(table)
     if retrieval_only:
-        console.print(f"report: {escape(str(r.files.get('html')))} ({r.seconds:.0f}s)")
+        console.print(f"report: {safe(str(r.files.get('html')))} ({r.seconds:.0f}s)")
         return
     console.print(f"answers that differ {s['differ']}: grounded {s['grounded']}, perturbed {s['perturbed']}, "
                   f"misled {s['misled']}; F1 improved {s['f1_improved']}, worsened {s['f1_worsened']}, "
                   f"unchanged {s['f1_unchanged']}")
     console.print(f"wrong RAG answers {s['rag_wrong']}: chunker {s['fail_chunker']}, retriever "
                   f"{s['fail_retriever']}, generator {s['fail_generator']}")
-    console.print(f"report: {escape(str(r.files.get('html')))} ({r.seconds:.0f}s)")
+    console.print(f"report: {safe(str(r.files.get('html')))} ({r.seconds:.0f}s)")
 
 
 app.command("show")(show)  # ragbatch/show.py: the report's cards in the terminal
@@ -394,10 +395,10 @@ def print_answers(rows: list[ResultRow]) -> None:
         dense = r.dense_scores  # a cosine tells a reader more than an RRF score ("0.033" for every top hit)
         score = f"cosine {dense[0]:.3f}" if dense and dense[0] == dense[0] else f"score {r.scores[0]:.3f}"
         top = f"{doc} ({score})" if r.chunk_ids else "-"
-        gold = f"\n[dim]gold: {escape(' | '.join(r.gold_answers[:2]))}[/]" if r.gold_answers else ""
-        table.add_row(escape(str(r.question_id)), escape(r.question) + gold, escape(r.no_rag_answer),
-                      escape(r.rag_answer), "yes" if r.answers_differ else "no", escape(top),
-                      escape(cited_where(r.citations)))
+        gold = f"\n[dim]gold: {safe(' | '.join(r.gold_answers[:2]))}[/]" if r.gold_answers else ""
+        table.add_row(safe(str(r.question_id)), safe(r.question) + gold, safe(r.no_rag_answer),
+                      safe(r.rag_answer), "yes" if r.answers_differ else "no", safe(top),
+                      safe(cited_where(r.citations)))
     console.print(table)
 
 

@@ -4,6 +4,8 @@ The same data as RESULTS.report.html (tasks/report.py). Text from the results is
 printed as ``rich.text.Text`` (styles attached, no markup), and error messages go through ``rich.markup.escape``,
 so a question holding ``[link=…]`` or ``[/]`` prints as written. (``escape`` alone is not enough for pieces of
 text: it doubles a trailing backslash on the assumption that a tag follows, so "C:\\" would print twice.)
+Every user string also goes through :func:`storage.escape.terminal_text` (here :func:`text` and :func:`safe`, which
+the other commands use too): an escape sequence or a bidi override in the data is shown, never obeyed.
 """
 
 from __future__ import annotations
@@ -18,9 +20,21 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from storage.escape import terminal_text
+
 # The same styles as the HTML page: yellow supports the RAG answer, blue is a gold answer, green is both.
 MARK_STYLES = {frozenset({"support"}): "black on yellow", frozenset({"gold"}): "black on bright_cyan",
                frozenset({"support", "gold"}): "black on bright_green"}
+
+
+def text(value: object, style: str = "") -> Text:
+    """User text as a rich ``Text``: never parsed as markup, control characters shown (module docstring)."""
+    return Text(terminal_text(value), style)
+
+
+def safe(value: object) -> str:
+    """User text inside a markup string: markup escaped, control characters shown."""
+    return escape(terminal_text(value))
 
 
 def _clip(text: str, n: int) -> str:
@@ -49,7 +63,7 @@ def marked(text: str, marks: dict[str, list[tuple[int, int]]]) -> Text:
 
     out = Text()
     for piece, kinds in segments(text, marks):
-        out.append(piece, MARK_STYLES.get(kinds))
+        out.append(terminal_text(piece), MARK_STYLES.get(kinds))
     return out
 
 
@@ -57,58 +71,59 @@ def print_card(console: Console, card: dict[str, Any], chunks: list[list[str]], 
                passages: int = 3) -> None:
     """One question: both answers side by side, their diff, labels, and the top passages with their spans."""
     say = console.print
-    say(Text.assemble((card["id"], "bold"), "  ", card["q"]), soft_wrap=True)
+    say(Text.assemble((terminal_text(card["id"]), "bold"), "  ", terminal_text(card["q"])), soft_wrap=True)
     if card["gold"]:
-        say(Text("gold: " + " | ".join(card["gold"][:5]), "dim"), soft_wrap=True)
+        say(text("gold: " + " | ".join(card["gold"][:5]), "dim"), soft_wrap=True)
     t = Table(show_lines=True, expand=True)
     t.add_column("without retrieval", ratio=1)
     t.add_column("with retrieval", ratio=1)
-    right = Text(card["a1"])
+    right = text(card["a1"])
     if card.get("raw"):
-        right.append("\nthe model said: " + card["raw"], "dim")
-    t.add_row(Text(card["a0"]), right)
+        right.append("\nthe model said: " + terminal_text(card["raw"]), "dim")
+    t.add_row(text(card["a0"]), right)
     say(t)
     diff = Text(f"diff ({'changed' if card['ch'] else 'unchanged'}):")
     for op, txt in card["diff"]:
         diff.append(" ")
-        diff.append(txt, {"=": None, "-": "red strike", "+": "green"}[op])
+        diff.append(terminal_text(txt), {"=": None, "-": "red strike", "+": "green"}[op])
     say(diff, soft_wrap=True)
     if card.get("v") and card["v"] != "same":
-        say(Text.assemble("verdict: ", (card["v"], "bold")), soft_wrap=True)
+        say(Text.assemble("verdict: ", (terminal_text(card["v"]), "bold")), soft_wrap=True)
     if card.get("dg"):
-        say(Text.assemble("diagnosis: ", (card["dg"], "bold"), " — ", card["why"]), soft_wrap=True)
+        say(Text.assemble("diagnosis: ", (terminal_text(card["dg"]), "bold"), " — ", terminal_text(card["why"])),
+            soft_wrap=True)
     say("[dim]passages: [black on yellow]supports the RAG answer[/] [black on bright_cyan]gold answer[/] "
         "[black on bright_green]both[/][/]")
     for p in card["p"][:passages]:
-        doc, text = chunks[p["c"]]
+        doc, passage = chunks[p["c"]]
         pg = p.get("pg")
         page = "" if not pg else f" pp. {pg[0]}–{pg[1]}" if pg[1] not in (None, pg[0]) else f" p. {pg[0]}"
         cosine = "–" if p["d"] is None else f"{p['d']:.3f}"
         score = "–" if p["s"] is None else f"{p['s']:.4f}"
-        head = Text.assemble((f"[{p['r']}] ", "bold"), doc, page, f" · cosine {cosine} · {retriever} rank {p['r']} "
-                             f"(score {score}) · support {p['sup']:.2f}")
+        head = Text.assemble((f"[{p['r']}] ", "bold"), terminal_text(doc), page,
+                             f" · cosine {cosine} · {retriever} rank {p['r']} (score {score}) · support {p['sup']:.2f}")
         if p.get("cite"):
             head.append(" cited", "bold blue")
         say(head, soft_wrap=True)
-        say(marked(text, {"support": p["hs"], "gold": p["hg"]}), soft_wrap=True)
+        say(marked(passage, {"support": p["hs"], "gold": p["hg"]}), soft_wrap=True)
     if len(card["p"]) > passages:
         say(f"[dim]… {len(card['p']) - passages} more passages in the HTML report[/]")
 
 
 def print_summary(console: Console, report: dict[str, Any], limit: int = 50) -> None:
     """The run's numbers, then one line per question (the first ``limit``)."""
-    s = Table(title=Text("What retrieval changed: " + report["title"]), show_header=False)
+    s = Table(title=text("What retrieval changed: " + report["title"]), show_header=False)
     s.add_column("measure")
     s.add_column("value", justify="right")
     for name, value in report["summary_rows"]:
-        s.add_row(Text(name), Text(value))
+        s.add_row(text(name), text(value))
     console.print(s)
     t = Table(show_lines=False, expand=True)
     for col, kw in (("id", {"no_wrap": True}), ("question", {"ratio": 3}), ("without retrieval", {"ratio": 2}),
                     ("with retrieval", {"ratio": 2}), ("≠", {"no_wrap": True}), ("verdict", {}), ("diagnosis", {})):
         t.add_column(col, **kw)
     for c in report["cards"][:limit]:
-        t.add_row(*(Text(v) for v in (c["id"], _clip(c["q"], 120), _clip(c["a0"], 80), _clip(c["a1"], 80),
+        t.add_row(*(text(v) for v in (c["id"], _clip(c["q"], 120), _clip(c["a0"], 80), _clip(c["a1"], 80),
                                       "yes" if c["ch"] else "no", c.get("v") or "", c.get("dg") or "")))
     console.print(t)
     more = len(report["cards"]) - limit
@@ -130,7 +145,7 @@ def show(
     try:
         rows, config = _load(results)
     except (OSError, ValueError) as exc:
-        err.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
+        err.print(f"[bold red]error:[/] {safe(exc)}", soft_wrap=True)
         raise typer.Exit(code=2) from None
     retriever = str((rows[0].get("retriever") if rows else None) or "")
     if question_id is None:
@@ -138,8 +153,8 @@ def show(
         return
     row = next((r for r in rows if str(r.get("question_id")) == question_id), None)
     if row is None:
-        err.print(f"[bold red]error:[/] no question {escape(repr(question_id))} in {escape(str(results))} "
-                  f"({len(rows)} questions; `ragbatch show {escape(str(results))}` lists them)", soft_wrap=True)
+        err.print(f"[bold red]error:[/] no question {safe(repr(question_id))} in {safe(results)} "
+                  f"({len(rows)} questions; `ragbatch show {safe(results)}` lists them)", soft_wrap=True)
         raise typer.Exit(code=2)
     chunks = ChunkTable()
     print_card(console, build_card(row, chunks), chunks.rows, retriever, passages)
