@@ -108,3 +108,57 @@ def test_one_hostile_pdf_does_not_stop_the_index_flow(prefect_harness, tmp_path)
     report = run_index(docs, tmp_path / "store")
     assert report.added == 2
     assert sorted(s.split(":", 1)[0] for s in report.skipped_files) == ["bomb.pdf", "claims.pdf"]
+
+
+def docx_bomb(path, unzipped_mb: int = 1024) -> None:
+    """A real DOCX whose word/document.xml inflates to ``unzipped_mb`` MB of paragraphs (~1 MB on disk at 1 GiB),
+    written as a stream so that building it holds no more than a megabyte either."""
+    import io
+    import zipfile
+
+    from tasks.demo_docs import docx_bytes
+
+    good = zipfile.ZipFile(io.BytesIO(docx_bytes("Bomb", ["x"], [])))
+    para = b"<w:p><w:r><w:t>boom</w:t></w:r></w:p>" * (1 << 20 // 38)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        for m in good.infolist():
+            if m.filename != "word/document.xml":
+                z.writestr(m, good.read(m))
+        with z.open("word/document.xml", "w", force_zip64=True) as f:
+            f.write(b'<?xml version="1.0"?><w:document xmlns:w="http://schemas.openxmlformats.org/'
+                    b'wordprocessingml/2006/main"><w:body>')
+            written = 0
+            while written < unzipped_mb << 20:
+                f.write(para)
+                written += len(para)
+            f.write(b"</w:body></w:document>")
+
+
+def test_a_docx_zip_bomb_is_refused_before_it_inflates(tmp_path):
+    """Issue 22, finding 3: a 1 GiB document.xml in a ~1 MB .docx peaked at 3.5 GB RSS and was indexed.
+
+    Small bombs keep the test fast, with the limit lowered for the size check; the real 1 GiB bomb (3.1 MB on
+    disk) was refused in 0.06 s at a 43 MB peak (benchmarks/RESULTS.md, issue 22)."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    from tasks.loaders.base import UNZIPPED_ENV
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    docx_bomb(docs / "big.docx", unzipped_mb=12)  # over a limit of 8 MB
+    docx_bomb(tmp_path / "ratio.docx", unzipped_mb=12)  # under the default limit, but 12 MB from ~40 KB
+    (docs / "ok.txt").write_text("Bananas are yellow.")
+    script = ("import resource, sys; from tasks.load import load_documents; r = load_documents(sys.argv[1]); "
+              "print([d.doc_id for d in r.documents]); print(r.errors); "
+              "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+    proc = subprocess.run([sys.executable, "-c", script, str(docs)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300, env=dict(os.environ, **{UNZIPPED_ENV: "8"}))
+    ids, errors, peak_kb = proc.stdout.strip().splitlines()[-3:]
+    assert ids == "['ok.txt']", proc.stdout + proc.stderr
+    assert f"big.docx: too large: 12 MB unzipped, more than the limit of 8 MB ({UNZIPPED_ENV})" in errors, errors
+    assert int(peak_kb) < 400 << 10, f"peak RSS {int(peak_kb) >> 10} MB"  # the file and the libraries, no XML tree
+    res = load_documents(tmp_path / "ratio.docx")
+    assert res.documents == [] and "inflates" in res.errors[0] and "zip bomb" in res.errors[0], res.errors

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import io
+import os
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any, ClassVar
@@ -94,3 +97,33 @@ def registry() -> dict[str, Loader]:
 def clean_text(text: str) -> str:
     """Extracted text without NULs (PDF fonts emit them) and with Unix newlines."""
     return text.replace("\x00", "").replace("\r\n", "\n").replace("\r", "\n")
+
+
+UNZIPPED_ENV = "RAGBATCH_MAX_UNZIPPED_MB"
+MAX_UNZIPPED_MB = 256  # a DOCX's XML and media together; a 1,000-page manual is ~20 MB unzipped
+MAX_RATIO = 100  # typical XML compresses 5-20x; a member past 100x (and past 1 MiB) is built to explode
+
+
+def check_zip(raw: bytes) -> None:
+    """Refuse a zip (DOCX, …) whose members would inflate past the limits, before anything is extracted.
+
+    Python's ``zipfile`` never inflates a member past its declared size (and checks its CRC), so the declared
+    sizes bound the memory, as the stdlib docs advise: the total against ``$RAGBATCH_MAX_UNZIPPED_MB`` (default
+    256), and every member over 1 MiB against a compression ratio of 100.
+    """
+    raw_limit = os.environ.get(UNZIPPED_ENV, "").strip()
+    if raw_limit and (not raw_limit.isdigit() or int(raw_limit) < 1):
+        raise LoadError(f"{UNZIPPED_ENV}={raw_limit!r}: must be a whole number of MB, at least 1")
+    limit = int(raw_limit or MAX_UNZIPPED_MB) << 20
+    try:
+        members = zipfile.ZipFile(io.BytesIO(raw)).infolist()
+    except (zipfile.BadZipFile, ValueError, OSError) as exc:
+        raise LoadError(f"damaged zip archive ({exc})") from exc
+    total = sum(m.file_size for m in members)
+    if total > limit:
+        raise LoadError(f"too large: {total >> 20} MB unzipped, more than the limit of {limit >> 20} MB "
+                        f"({UNZIPPED_ENV}); a zip bomb?")
+    for m in members:
+        if m.file_size > 1 << 20 and m.file_size > MAX_RATIO * max(m.compress_size, 1):
+            raise LoadError(f"zip member {m.filename[:100]!r} inflates {m.file_size // max(m.compress_size, 1)}x "
+                            f"({m.file_size >> 20} MB from {m.compress_size >> 10} KB): a zip bomb?")

@@ -1,11 +1,14 @@
-"""Word documents through python-docx (MIT): paragraphs and headings in order, one line per table row."""
+"""Word documents through python-docx (MIT): paragraphs and headings in order, one line per table row.
+
+A zip bomb is refused from its declared sizes before anything is inflated (``base.check_zip``).
+"""
 
 from __future__ import annotations
 
 import io
 import zipfile
 
-from tasks.loaders.base import LoadError, WholeFileLoader, clean_text, register
+from tasks.loaders.base import LoadError, WholeFileLoader, check_zip, clean_text, register
 
 
 @register
@@ -26,6 +29,7 @@ def extract_docx(raw: bytes) -> tuple[str, str]:
         raise LoadError("empty file")
     if not zipfile.is_zipfile(io.BytesIO(raw)):
         raise LoadError("not a DOCX file (not a zip archive; an old binary .doc must be saved as .docx first)")
+    check_zip(raw)  # before python-docx inflates anything: a 1 MB file can hold 1 GiB of XML
     try:
         d = docx.Document(io.BytesIO(raw))
         lines: list[str] = []
