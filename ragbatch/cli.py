@@ -133,10 +133,16 @@ def index(
 
 @app.command()
 def verify(store: Store) -> None:
-    """Check STORE end to end (checksums, headers, row counts, live rows, norms); exit 1 on any problem."""
+    """Check STORE end to end (checksums, headers, row counts, live rows, norms); exit 1 on any problem, 2 when it
+    could not be checked at all (no such store, an unreachable endpoint)."""
     from storage.store import Store as IndexStore
 
-    rep = IndexStore(store).verify()
+    try:
+        rep = IndexStore(store).verify()
+    except Exception as exc:  # noqa: BLE001 - one line, never a traceback, and not "inconsistent" (exit 1)
+        err.print(f"[bold red]could not check[/] {safe(store)}: {safe(f'{type(exc).__name__}: {exc}'[:500])}",
+                  soft_wrap=True)
+        raise typer.Exit(code=2) from None
     for problem in rep.problems:
         console.print(f"problem: {terminal_text(problem)}", highlight=False, markup=False, soft_wrap=True)
     if rep.problems:

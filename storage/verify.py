@@ -72,6 +72,10 @@ def check_once(store: Store) -> VerifyReport:
             problems.append(f"{mpath}: manifest missing (named in {index_path})")
         except (OSError, pa.ArrowException) as exc:
             problems.append(f"{mpath}: unreadable manifest ({exc})")
+        if manifest is not None and (bad := _null_required(manifest)):
+            # e.g. another Parquet file written over the manifest: its rows cannot be checked, only reported
+            problems.append(f"{mpath}: not a manifest of this store: {bad} (overwritten by another file?)")
+            manifest = None
     docs: dict[str, dict[str, Any]] = {}
     if manifest is not None:
         for row in manifest.to_pylist():
@@ -252,3 +256,13 @@ def safetensors_header(data: bytes) -> tuple[dict[str, Any], int, int]:
     if not isinstance(header, dict):
         raise ValueError("header is not a JSON object")
     return header, n, size
+
+
+MANIFEST_REQUIRED = ("doc_id", "sha256", "n_chunks", "shard", "embedder")
+
+
+def _null_required(manifest: pa.Table) -> str:
+    """Which of the manifest's required columns hold nulls ("" when none): the later checks read them all."""
+    nulls = [f"{c} is null in {manifest[c].null_count} of {manifest.num_rows} rows" for c in MANIFEST_REQUIRED
+             if c in manifest.column_names and manifest[c].null_count]
+    return "; ".join(nulls)

@@ -105,3 +105,33 @@ def test_what_counts_as_a_store(tmp_path):
         check_outputs([fresh / "out.parquet"], stores=[str(fresh)])
     check_outputs([tmp_path / "out.parquet"], inputs=[tmp_path / "q.jsonl"], stores=["s3://bucket/prefix"])
     assert not os.path.exists(tmp_path / "out.parquet")
+
+
+def test_verify_reports_a_damaged_store_and_an_unreachable_one_in_lines(indexed, tmp_path, monkeypatch):
+    """Issue 22, finding 9: an overwritten manifest raised a TypeError inside verify, and a wrong S3 endpoint
+    printed a 497-line traceback, both with exit 1 ("inconsistent"). Now: problem lines and exit 1, or one
+    "could not check" line and exit 2."""
+    import shutil
+    import socket
+
+    store, questions = indexed
+    damaged = tmp_path / "damaged"
+    shutil.copytree(store, damaged)
+    manifest = next(damaged.glob("manifest-*.parquet"))
+    shutil.copy(questions, manifest)  # what `--out STORE/manifest-N.parquet` used to do
+    res = _cli("verify", "--store", str(damaged))
+    assert res.exit_code == 1 and isinstance(res.exception, SystemExit) and "Traceback" not in res.output, res.output
+    assert "not a manifest of this store" in " ".join(res.output.split()), res.output
+
+    pytest.importorskip("s3fs")
+    with socket.socket() as s:  # a loopback port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                       "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+                       "AWS_MAX_ATTEMPTS": "1"}.items():
+        monkeypatch.setenv(key, value)
+    res = _cli("verify", "--store", "s3://nobucket/store")
+    assert res.exit_code == 2 and "could not check" in res.output, res.output
+    assert len(res.output.strip().splitlines()) <= 4 and "Traceback" not in res.output, res.output
+    assert "testing" not in res.output  # no credential is printed
