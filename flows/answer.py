@@ -15,6 +15,7 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.naming import run_name
 from flows.runners import in_order
+from storage.lock import output_lock
 from storage.outputs import check_outputs
 from storage.report_html import report_path, write_answer_report
 from storage.results import ResultParts, ResultRow, answer_outputs, write_results
@@ -196,6 +197,7 @@ def answer_flow(
     batch_questions: int = 64,
     device: str | None = None,
     parallel_batches: int = 1,
+    lock_wait_s: float = 0.0,
     **changes: Any,
 ) -> AnswerReport:
     """Answer every question twice — without and with its retrieved chunks — into a Parquet table.
@@ -203,64 +205,66 @@ def answer_flow(
     ``retrieval`` and ``generation`` hold every setting (tasks/config.py; hybrid retrieval by default);
     ``changes`` are loose settings of either (``k=2, generator=..., gen_batch_size=8``) applied on top. Batches
     of ``batch_questions`` are submitted to the task runner, at most ``parallel_batches`` in flight (1 on one
-    device; one per worker on Dask); each finished batch is kept, so a killed run resumes.
+    device; one per worker on Dask); each finished batch is kept, so a killed run resumes. ``OUT.lock`` is held
+    for the whole run: a second run with the same ``out`` is refused naming the first, or waits ``lock_wait_s``.
     """
     rc, gs = apply_changes(changes, retrieval or RetrievalConfig(), generation or GenerationConfig())
     gs = with_changes(gs, prompt=get_prompt(gs.prompt).name)  # the config says which template ran
     t0 = time.perf_counter()
     logger = get_run_logger()
     check_outputs(answer_outputs(out), inputs=questions, stores=[store])  # before any work (storage/outputs.py)
-    config = embedder_for_store(store, rc.embedder)  # refuses a store built by another embedder, up front
-    loaded = load_questions_task(questions)
-    report = AnswerReport(out=str(Path(out).expanduser().resolve()), question_errors=loaded.errors)
-    qs = loaded.questions
-    meta = Store(store).meta()
-    parts = ResultParts(report.out)
-    settings = {"store": store, "generation": meta.generation, "embedder": config.fingerprint.get("id"),
-                "retrieval": to_dict(rc), "generation_settings": to_dict(gs)}
-    slots: list[list[ResultRow]] = []
-    todo: list[tuple[int, list[Question], str]] = []
-    for i in range(0, len(qs), batch_questions):
-        batch = qs[i : i + batch_questions]
-        key = ResultParts.key(settings, [asdict(q) for q in batch])
-        done = parts.get(key)
-        slots.append(done or [])
-        if done is not None:
-            logger.info("questions %d-%d: resumed from %s", i + 1, i + len(batch), parts.dir)
-            report.resumed_batches += 1
-        else:
-            todo.append((len(slots) - 1, batch, key))
-    for (slot, batch, key), b in in_order(
-            lambda t: answer_batch_task.submit(store, t[1], rc, config, device, gs), todo, parallel_batches):
-        report.add(b)
-        slots[slot] = result_rows(batch, b, rc, gs.generator, config.name)
-        parts.put(key, slots[slot])  # durable: a killed run resumes after this batch
-    rows = [r for slot in slots for r in slot]
-    run_config = {
-        "flow": "answer", "questions": questions, "store": store, "out": report.out, "k": rc.k,
-        "generator": gs.generator, "retriever": rc.retriever, "rerank": rc.rerank, "retrieval": to_dict(rc),
-        "generation": to_dict(gs),
-        "embedder": config.fingerprint, "embedder_dtype": dtype_name(embedding_dtype(device or default_device())),
-        "batch_questions": batch_questions,
-        "generator_dtype": report.dtype or None,  # None when every batch was resumed
-        "generation_stats": {"prompt_tokens": report.prompt_tokens, "padded_tokens": report.padded_tokens,
-                             "padding_ratio": round(report.padding_ratio, 3), "new_tokens": report.new_tokens},
-        "device": device, "created_at": datetime.now().isoformat(), "question_errors": loaded.errors,
-    }
-    write_task(report.out, rows, run_config)
-    parts.clear()
-    report.questions, report.rows = len(rows), rows
-    report.differ = sum(r.answers_differ for r in rows)
-    report.seconds = time.perf_counter() - t0
-    logger.info("%d questions answered, %d changed by retrieval, %.1fs → %s; generator %s, padded/real prompt "
-                "tokens %.3f", report.questions, report.differ, report.seconds, report.out, report.dtype,
-                report.padding_ratio)
-    report.report, summary_rows = report_task(report.out, rows, run_config)
-    create_markdown_artifact(key="answers", markdown=answers_markdown(rows, report=report.report),
-                             description=f"With/without retrieval: {report.out}")
-    create_table_artifact(key="answers-summary", table=[{"measure": n, "value": v} for n, v in summary_rows],
-                          description=f"What retrieval changed: {report.out}")
-    return report
+    with output_lock(Path(out).expanduser().resolve(), lock_wait_s):  # a second run on OUT: refused or waits
+        config = embedder_for_store(store, rc.embedder)  # refuses a store built by another embedder, up front
+        loaded = load_questions_task(questions)
+        report = AnswerReport(out=str(Path(out).expanduser().resolve()), question_errors=loaded.errors)
+        qs = loaded.questions
+        meta = Store(store).meta()
+        parts = ResultParts(report.out)
+        settings = {"store": store, "generation": meta.generation, "embedder": config.fingerprint.get("id"),
+                    "retrieval": to_dict(rc), "generation_settings": to_dict(gs)}
+        slots: list[list[ResultRow]] = []
+        todo: list[tuple[int, list[Question], str]] = []
+        for i in range(0, len(qs), batch_questions):
+            batch = qs[i : i + batch_questions]
+            key = ResultParts.key(settings, [asdict(q) for q in batch])
+            done = parts.get(key)
+            slots.append(done or [])
+            if done is not None:
+                logger.info("questions %d-%d: resumed from %s", i + 1, i + len(batch), parts.dir)
+                report.resumed_batches += 1
+            else:
+                todo.append((len(slots) - 1, batch, key))
+        for (slot, batch, key), b in in_order(
+                lambda t: answer_batch_task.submit(store, t[1], rc, config, device, gs), todo, parallel_batches):
+            report.add(b)
+            slots[slot] = result_rows(batch, b, rc, gs.generator, config.name)
+            parts.put(key, slots[slot])  # durable: a killed run resumes after this batch
+        rows = [r for slot in slots for r in slot]
+        run_config = {
+            "flow": "answer", "questions": questions, "store": store, "out": report.out, "k": rc.k,
+            "generator": gs.generator, "retriever": rc.retriever, "rerank": rc.rerank, "retrieval": to_dict(rc),
+            "generation": to_dict(gs),
+            "embedder": config.fingerprint, "embedder_dtype": dtype_name(embedding_dtype(device or default_device())),
+            "batch_questions": batch_questions,
+            "generator_dtype": report.dtype or None,  # None when every batch was resumed
+            "generation_stats": {"prompt_tokens": report.prompt_tokens, "padded_tokens": report.padded_tokens,
+                                 "padding_ratio": round(report.padding_ratio, 3), "new_tokens": report.new_tokens},
+            "device": device, "created_at": datetime.now().isoformat(), "question_errors": loaded.errors,
+        }
+        write_task(report.out, rows, run_config)
+        parts.clear()
+        report.questions, report.rows = len(rows), rows
+        report.differ = sum(r.answers_differ for r in rows)
+        report.seconds = time.perf_counter() - t0
+        logger.info("%d questions answered, %d changed by retrieval, %.1fs → %s; generator %s, padded/real prompt "
+                    "tokens %.3f", report.questions, report.differ, report.seconds, report.out, report.dtype,
+                    report.padding_ratio)
+        report.report, summary_rows = report_task(report.out, rows, run_config)
+        create_markdown_artifact(key="answers", markdown=answers_markdown(rows, report=report.report),
+                                 description=f"With/without retrieval: {report.out}")
+        create_table_artifact(key="answers-summary", table=[{"measure": n, "value": v} for n, v in summary_rows],
+                              description=f"What retrieval changed: {report.out}")
+        return report
 
 
 def answers_markdown(rows: list[ResultRow], limit: int = 50, report: str | None = None) -> str:

@@ -215,13 +215,14 @@ def answer(
     runner: Runner = "threads",
     dask_address: DaskAddress = None,
     dask_workers: DaskWorkers = 2,
+    wait: Annotated[float, typer.Option(help="Seconds to wait when another run is writing the same OUT")] = 0.0,
     *,
     settings: Settings,
 ) -> None:
     """Answer every question with and without retrieved context; write OUT and print the table."""
     from tasks.config import load_run_config
 
-    _check_numbers(dask_workers=(dask_workers, 1, None))
+    _check_numbers(dask_workers=(dask_workers, 1, None), wait=(wait, 0, None))
     try:
         saved = load_run_config(config) if config else {}
         retrieval, generation = settings.retrieval(saved.get("retrieval")), settings.generation(saved.get("generation"))
@@ -244,7 +245,7 @@ def answer(
 
     try:
         r = run_answer(questions, store, out, retrieval, generation, device=device, runner=runner,
-                       dask_address=dask_address, dask_workers=dask_workers)
+                       dask_address=dask_address, dask_workers=dask_workers, lock_wait_s=wait)
     except Exception as exc:  # noqa: BLE001
         _fail(exc)
     for problem in r.question_errors:

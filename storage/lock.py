@@ -1,4 +1,8 @@
-"""The POSIX writer lock: a file created with O_EXCL, stale take-overs under flock (see :class:`StoreLock`)."""
+"""The POSIX writer lock: a file created with O_EXCL, stale take-overs under flock (see :class:`StoreLock`).
+
+One mechanism for the store's writer (``STORE/.lock``) and for a run's output (``RESULTS.parquet.lock``:
+:func:`output_lock`), so two runs writing the same thing never both go on.
+"""
 
 from __future__ import annotations
 
@@ -28,10 +32,12 @@ class StoreLock:
     another host) makes the second writer wait up to ``wait_s`` and then fail with who holds it.
     """
 
-    def __init__(self, path: Path, wait_s: float = 0.0):
+    def __init__(self, path: Path, wait_s: float = 0.0, what: str = "", doing: str = "another index run is writing it"):
         self.path = path
         self.wait_s = wait_s
         self.held = False
+        self.what = what or f"store {path.parent}"
+        self.doing = doing
 
     def __enter__(self) -> StoreLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -61,7 +67,7 @@ class StoreLock:
 
     def _remove_if_stale(self) -> bool:
         """Remove the lock file if its holder is gone; True when there is no lock file any more."""
-        guard = self.path.with_name(LOCK_GUARD_FILE)
+        guard = self.path.with_name(self.path.name + ".guard")  # the store's: LOCK_GUARD_FILE
         with open(guard, "a") as gh:
             fcntl.flock(gh.fileno(), fcntl.LOCK_EX)
             try:
@@ -94,7 +100,7 @@ class StoreLock:
                     f"{EMPTY_LOCK_STALE_S:.0f}s)"
                 )
         return (
-            f"store {self.path.parent} is locked by {who} (another index run is writing it); "
+            f"{self.what} is locked by {who} ({self.doing}); "
             f"wait for it to finish (--wait SECONDS), or remove {self.path} if that process is gone"
         )
 
@@ -116,3 +122,11 @@ class StoreLock:
         except (PermissionError, KeyError, ValueError, TypeError, OverflowError):
             return False
         return False
+
+
+def output_lock(out: Path, wait_s: float = 0.0) -> StoreLock:
+    """The lock on a run's output table (and its config, report and parts), ``<out>.lock`` beside it: a second run
+    with the same ``--out`` is refused naming the first, or waits ``wait_s`` (``--wait``), instead of silently
+    replacing the first run's table."""
+    return StoreLock(out.with_name(out.name + ".lock"), wait_s, what=f"output {out}",
+                     doing="another answer run is writing it")

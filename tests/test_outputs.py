@@ -135,3 +135,41 @@ def test_verify_reports_a_damaged_store_and_an_unreachable_one_in_lines(indexed,
     assert res.exit_code == 2 and "could not check" in res.output, res.output
     assert len(res.output.strip().splitlines()) <= 4 and "Traceback" not in res.output, res.output
     assert "testing" not in res.output  # no credential is printed
+
+
+def test_a_second_run_on_the_same_out_is_refused_or_waits(indexed, tmp_path):
+    """Issue 22, finding 6: two `answer` runs with the same --out both exited 0, the last replacing the first's
+    table, config and report. The holder here is a real process holding the real lock."""
+    import subprocess
+    import sys
+    import time
+
+    from conftest import ROOT
+    from flows.answer import run_answer
+    from storage.meta import StoreError
+
+    store, questions = indexed
+    out = tmp_path / "out.parquet"
+    hold = ("import sys, time; from pathlib import Path; from storage.lock import output_lock\n"
+            "with output_lock(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(float(sys.argv[2]))")
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(out), "600"], cwd=ROOT, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(StoreError, match=rf"output {out} is locked by pid {holder.pid} .*--wait"):
+            run_answer(questions, store, out, generator=FAST_GENERATOR, max_new_tokens=2)
+        res = _cli("answer", str(questions), "--store", str(store), "--out", str(out), "--generator", FAST_GENERATOR)
+        assert res.exit_code == 2 and "another answer run is writing it" in " ".join(res.output.split()), res.output
+        assert not out.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    # A holder that finishes while we wait: the run goes on after it, and leaves no lock behind.
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(out), "3"], cwd=ROOT, stdout=subprocess.PIPE,
+                              text=True)
+    assert holder.stdout.readline().strip() == "held"
+    t0 = time.monotonic()
+    rep = run_answer(questions, store, out, generator=FAST_GENERATOR, max_new_tokens=2, lock_wait_s=120)
+    holder.wait()
+    assert rep.questions == 1 and out.exists() and time.monotonic() - t0 >= 1
+    assert not out.with_name(out.name + ".lock").exists()
