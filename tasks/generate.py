@@ -202,6 +202,7 @@ class Generator:
             return []
         if any(len(p) == 0 for p in prompts):
             raise ValueError("empty prompt")
+        self._check_fits(prompts, max_new_tokens)
         batches = plan_batches([len(p) for p in prompts], batch_size, token_budget, max_pad_ratio)
         out: list[list[int]] = [[] for _ in prompts]
         config = self._greedy_config(max_new_tokens)
@@ -228,6 +229,15 @@ class Generator:
                                 pad=f"{stats.padded_tokens / done_real:.2f}")
         log.info("generated %s", stats.as_dict())
         return out
+
+    def _check_fits(self, prompts: list[list[int]], max_new_tokens: int) -> None:
+        """Refuse, before any compute, prompts that do not fit the model's context with their new tokens: past it
+        a model answers garbage (or fails late, after an hour of other batches)."""
+        context = getattr(self.model.config, "max_position_embeddings", None)
+        longest = max(len(p) for p in prompts)
+        if context and longest + max_new_tokens > context:
+            raise ValueError(f"a prompt of {longest} tokens plus {max_new_tokens} new tokens exceeds {self.name}'s "
+                             f"context of {context} tokens: lower -k, --chunk-tokens or --max-new-tokens")
 
     def _greedy_config(self, max_new_tokens: int):
         """The model's generation config made greedy, without sampling knobs that would trigger warnings."""

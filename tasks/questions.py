@@ -17,6 +17,9 @@ from pathlib import Path
 from typing import Any
 
 SUFFIXES = (".jsonl", ".csv", ".parquet")
+# A question, not a document: a 100k-character "question" became a ~20k-token prompt past the generator's context
+# and cost 4 minutes and 4.3 GB for a garbage answer. Longer ones are refused as row errors (the rest is answered).
+MAX_QUESTION_CHARS = 4000
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,9 @@ def _question(fields: dict[str, Any], *, default_id: str, source: str) -> Questi
         raise _RowError(f"'question' must be a string, got {_kind(text)}")
     if not text.strip():
         raise _RowError("'question' is empty")
+    if len(text.strip()) > MAX_QUESTION_CHARS:
+        raise _RowError(f"'question' is {len(text.strip())} characters, more than {MAX_QUESTION_CHARS}: a question, "
+                        "not a document (put long texts in the indexed folder)")
     qid = fields.get("id")
     if qid is None or (isinstance(qid, str) and not qid.strip()):
         qid = default_id

@@ -238,3 +238,13 @@ def test_qwen_grounds_answer_in_context() -> None:
     print(f"\nno context: {no_rag[0]!r}\nwith context: {rag[0]!r}")
     assert "15 trillion" in rag[0]
     assert "15 trillion" not in no_rag[0] and rag[0] != no_rag[0]
+
+
+def test_a_prompt_past_the_context_is_refused_before_any_compute(gen: Generator) -> None:
+    """Issue 22, finding 7: past the model's context the answer is garbage; refuse it up front, saying what to lower."""
+    context = gen.model.config.max_position_embeddings
+    t0 = time.perf_counter()
+    with pytest.raises(ValueError, match=rf"a prompt of {context} tokens plus 8 new tokens exceeds .*context of "
+                                         rf"{context} tokens: lower -k"):
+        gen.generate_ids([[1] * 10, [1] * context], max_new_tokens=8, progress=False)
+    assert time.perf_counter() - t0 < 1.0

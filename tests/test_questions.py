@@ -234,3 +234,16 @@ def test_demo_questions_file_loads_cleanly() -> None:
     assert all(q.answers for q in load.questions)
     rows = [json.loads(line) for line in DEMO_QUESTIONS.read_text(encoding="utf-8").splitlines()]
     assert all(r["evidence_doc_ids"] for r in rows)
+
+
+def test_a_100k_character_question_is_a_row_error(tmp_path: Path) -> None:
+    """Issue 22, finding 7: it was answered as normal, after 4 min and 4.3 GB, past the generator's context."""
+    from tasks.questions import MAX_QUESTION_CHARS
+
+    f = tmp_path / "q.jsonl"
+    f.write_text(json.dumps({"id": "huge", "question": "why " * 25_000}) + "\n"
+                 + json.dumps({"id": "ok", "question": "Why is the sky blue?"}) + "\n")
+    load = load_questions(f)
+    assert [q.id for q in load.questions] == ["ok"]
+    assert load.errors == [f"{f}:1: 'question' is 99999 characters, more than {MAX_QUESTION_CHARS}: a question, "
+                           "not a document (put long texts in the indexed folder)"]
