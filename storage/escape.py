@@ -20,6 +20,15 @@ _BIDI = "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u206
 _TERMINAL_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f" + _BIDI + "]")
 
 
+MAX_MESSAGE_CHARS = 500
+
+
+def clip_message(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """A message that quotes user content, cut to ``limit`` characters (a CSV header of 100k columns was printed
+    whole, twice: 1 MB of terminal)."""
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
+
+
 def terminal_text(value: object) -> str:
     """``value`` safe to print on a terminal: control characters and bidi controls made visible, never obeyed."""
     def visible(m: re.Match[str]) -> str:

@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from storage.escape import clip_message
 from storage.safepath import UnsafePathError, path_problem, read_inside
 from tasks.loaders import Document, LoadError, loader_for, supported
 
@@ -87,7 +88,7 @@ def load_documents(root: str | Path, follow_symlinks: bool = False) -> LoadResul
             continue
         seen.add(d.doc_id)
         unique.append(d)
-    return LoadResult(unique, errors, files=len(files), failed_paths=failed)
+    return LoadResult(unique, [clip_message(e) for e in errors], files=len(files), failed_paths=failed)
 
 
 def _check_bytes(raw: bytes) -> str | None:

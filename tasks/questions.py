@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from storage.escape import clip_message
+
 SUFFIXES = (".jsonl", ".csv", ".parquet")
 # A question, not a document: a 100k-character "question" became a ~20k-token prompt past the generator's context
 # and cost 4 minutes and 4.3 GB for a garbage answer. Longer ones are refused as row errors (the rest is answered).
@@ -98,8 +100,9 @@ def load_questions(paths: str | Path | Iterable[str | Path]) -> QuestionLoad:
         if got == 0:
             problem = f"{path}: no valid questions" + (f" ({len(file_errors)} rows rejected)" if rows else "")
             if single:
-                raise QuestionFileError("\n".join([problem, *file_errors]))
+                raise QuestionFileError("\n".join(clip_message(e) for e in [problem, *file_errors]))
             errors.append(problem)
+    errors = [clip_message(e) for e in errors]
     if not questions:
         raise QuestionFileError("no questions loaded:\n" + "\n".join(errors or ["no question files given"]))
     return QuestionLoad(questions, errors)

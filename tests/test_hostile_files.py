@@ -151,9 +151,10 @@ def test_a_docx_zip_bomb_is_refused_before_it_inflates(tmp_path):
     docx_bomb(docs / "big.docx", unzipped_mb=12)  # over a limit of 8 MB
     docx_bomb(tmp_path / "ratio.docx", unzipped_mb=12)  # under the default limit, but 12 MB from ~40 KB
     (docs / "ok.txt").write_text("Bananas are yellow.")
-    script = ("import resource, sys; from tasks.load import load_documents; r = load_documents(sys.argv[1]); "
+    # VmHWM, the peak RSS of this process image: ru_maxrss would carry over the forking test process's RSS.
+    script = ("import re, sys; from tasks.load import load_documents; r = load_documents(sys.argv[1]); "
               "print([d.doc_id for d in r.documents]); print(r.errors); "
-              "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+              "print(re.search(r'VmHWM:\\s*(\\d+)', open('/proc/self/status').read()).group(1))")
     proc = subprocess.run([sys.executable, "-c", script, str(docs)], cwd=ROOT, capture_output=True, text=True,
                           timeout=300, env=dict(os.environ, **{UNZIPPED_ENV: "8"}))
     ids, errors, peak_kb = proc.stdout.strip().splitlines()[-3:]
@@ -162,3 +163,16 @@ def test_a_docx_zip_bomb_is_refused_before_it_inflates(tmp_path):
     assert int(peak_kb) < 400 << 10, f"peak RSS {int(peak_kb) >> 10} MB"  # the file and the libraries, no XML tree
     res = load_documents(tmp_path / "ratio.docx")
     assert res.documents == [] and "inflates" in res.errors[0] and "zip bomb" in res.errors[0], res.errors
+
+
+def test_a_message_quoting_a_huge_header_is_capped(tmp_path):
+    """Issue 22, finding 11: a CSV header of 100k columns with one empty name printed about 1 MB, twice."""
+    from storage.escape import MAX_MESSAGE_CHARS
+
+    header = ",".join(f"col{i}" for i in range(100_000)) + ",\n"
+    docs = write_corpus(tmp_path / "docs", {"wide.csv": header + "1," * 100_000 + "\n", "ok.txt": "Fine."})
+    res = load_documents(docs)
+    assert [d.doc_id for d in res.documents] == ["ok.txt"]
+    (msg,) = res.errors
+    assert msg.startswith("wide.csv: no header row: an empty column name") and len(msg) < MAX_MESSAGE_CHARS + 40
+    assert msg.endswith("characters)")
