@@ -37,7 +37,12 @@ def split_s3(url: str) -> tuple[str, str]:
         raise ValueError(f"store URL {url!r} names no bucket (s3://BUCKET/PREFIX)")
     if parts.query or parts.fragment:
         raise ValueError(f"store URL {url!r}: no query or fragment allowed (s3://BUCKET/PREFIX)")
-    return parts.netloc, parts.path.strip("/")
+    prefix = parts.path.strip("/")
+    if prefix and any(seg in (".", "..", "") for seg in prefix.split("/")):
+        # S3 keys are literal: s3://b/./st and s3://b/a/../st would be other stores than s3://b/st
+        raise ValueError(f"store URL {url!r}: a prefix with '.', '..' or empty segments names another store than it "
+                         "looks like; write it out (s3://BUCKET/a/b)")
+    return parts.netloc, prefix
 
 
 def store_location(location: str | Path) -> str:

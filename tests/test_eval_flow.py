@@ -81,3 +81,18 @@ def test_squad_comes_from_the_file_ragbatch_squad_names(tmp_path, monkeypatch):
     monkeypatch.setenv(SQUAD_ENV, str(tmp_path / "missing.json"))
     with pytest.raises(DatasetError, match=rf"{SQUAD_ENV}=.*missing\.json: no such file.*dev-v1\.1\.json"):
         load_eval_dataset("squad")
+
+
+def test_eval_keeps_the_first_of_a_repeated_id_as_answer_does(tmp_path):
+    """Issue 22, finding 11: eval kept duplicate ids that answer rejects, so metrics counted them twice."""
+    from tasks.datasets import load_eval_dataset
+
+    corpus = tmp_path / "docs"
+    corpus.mkdir()
+    (corpus / "a.txt").write_text("x")
+    f = tmp_path / "qs.jsonl"
+    f.write_text("".join(json.dumps({"id": i, "question": q, "answers": "x", "evidence_doc_ids": ["a.txt"]}) + "\n"
+                         for i, q in [("a", "first?"), ("b", "other?"), ("a", "again?")]))
+    ds = load_eval_dataset(str(f), corpus=corpus)
+    assert [(q.id, q.question) for q in ds.questions] == [("a", "first?"), ("b", "other?")]
+    assert "1 questions with a repeated id skipped (kept the first)" in ds.notes

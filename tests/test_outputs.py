@@ -173,3 +173,13 @@ def test_a_second_run_on_the_same_out_is_refused_or_waits(indexed, tmp_path):
     holder.wait()
     assert rep.questions == 1 and out.exists() and time.monotonic() - t0 >= 1
     assert not out.with_name(out.name + ".lock").exists()
+
+
+def test_s3_prefixes_with_dot_segments_are_refused():
+    """Issue 22, finding 11: s3://b/./st was stored literally, another store than s3://b/st."""
+    from storage.fs import store_location
+
+    assert store_location("s3://b/st/") == "s3://b/st"
+    for url in ("s3://b/./st", "s3://b/a/../st", "s3://b/a/./b"):
+        with pytest.raises(ValueError, match="'.', '..' or empty segments"):
+            store_location(url)
