@@ -5,7 +5,9 @@ one page's parsed content. pypdf has no OCR: a file whose pages carry no text is
 
 Hostile files are refused, each on its own (the rest of the folder is indexed): a page tree that claims or holds
 more pages than ``$RAGBATCH_MAX_PDF_PAGES`` (default 5,000, checked on the declared count before the tree is
-walked), and any stream that inflates past pypdf's own limits (a Flate bomb: ``LimitReachedError``).
+walked), any stream that inflates past pypdf's own limits (a Flate bomb: ``LimitReachedError``), and a file
+whose extraction takes longer than ``$RAGBATCH_PARSE_SECONDS`` or more memory than ``$RAGBATCH_PARSE_MEMORY_MB``
+(it runs in a worker process: ``worker.py``).
 """
 
 from __future__ import annotations
@@ -37,7 +39,9 @@ class PdfLoader(WholeFileLoader):
     suffixes = (".pdf",)
 
     def extract(self, raw: bytes) -> tuple[str, str, list[int] | None]:
-        text, offsets, title = extract_pages(raw)
+        from tasks.loaders.worker import WORKER
+
+        text, offsets, title = WORKER.run(extract_pages, raw)  # time- and memory-boxed (worker.py)
         return text, title, offsets
 
 
