@@ -41,6 +41,7 @@ class IndexReport:
     unchanged: int = 0
     removed: int = 0
     skipped_files: list[str] = field(default_factory=list)
+    repaired: int = 0  # documents re-embedded because their shard was missing or corrupt (repair=True)
     chunks_embedded: int = 0
     shards_written: int = 0
     live_chunks: int = 0
@@ -79,8 +80,9 @@ def resolve_task(embedder: str) -> EmbedderConfig:
 
 
 @task(name="plan", cache_policy=NO_CACHE)
-def plan_task(store: str, loaded: LoadResult, config: EmbedderConfig, settings: ChunkSettings) -> IndexPlan:
-    plan = plan_index(Store(store), loaded.documents, config, settings, loaded.failed_paths)
+def plan_task(store: str, loaded: LoadResult, config: EmbedderConfig, settings: ChunkSettings,
+              damaged_shards: set[str] = frozenset()) -> IndexPlan:
+    plan = plan_index(Store(store), loaded.documents, config, settings, loaded.failed_paths, damaged_shards)
     logger = get_run_logger()
     logger.info("diff: %s", plan.summary())
     if plan.rebuild_reason:
@@ -124,6 +126,7 @@ def index_flow(
     dry_run: bool = False,
     lock_wait_s: float = 0.0,
     parallel_batches: int = 1,
+    repair: bool = False,
     **changes: Any,
 ) -> IndexReport:
     """Index ``docs_dir`` into ``store`` incrementally (settings: ``config``); each batch is committed as it finishes.
@@ -133,7 +136,9 @@ def index_flow(
     compacted (``1`` never compacts). Removals are committed with the run's last batch, so a killed run
     keeps every document of the generation before it; a run that would remove more than
     ``max_removal_ratio`` of the indexed documents is refused unless ``allow_mass_removal``, and one that
-    would empty the index always is (see tasks/indexing.py ``removal_refusal``).
+    would empty the index always is (see tasks/indexing.py ``removal_refusal``). ``repair`` verifies the store
+    first and re-embeds the documents whose shards are missing or corrupt, so a damaged store becomes consistent
+    again (a plain run trusts the committed generation and does not read every shard).
     """
     (cfg,) = apply_changes(changes, config or IndexConfig())
     t0 = time.perf_counter()
@@ -144,7 +149,12 @@ def index_flow(
     st = Store(store)
     report = IndexReport(store=str(st.root), skipped_files=loaded.errors, dry_run=dry_run)
     with st.lock(wait_s=lock_wait_s):
-        plan = plan_task(store, loaded, config, settings)
+        damaged = set(st.verify().damaged_shards) if repair and st.exists() else set()
+        if damaged:
+            logger.warning("repair: %d damaged shards (%s): their documents are re-embedded", len(damaged),
+                           ", ".join(sorted(damaged)))
+        plan = plan_task(store, loaded, config, settings, damaged)
+        report.repaired = len(plan.repaired)
         report.added, report.changed = len(plan.added), len(plan.changed)
         report.unchanged, report.removed = len(plan.unchanged), len(plan.removed)
         report.rebuild_reason = plan.rebuild_reason

@@ -99,6 +99,8 @@ def index(
     device: Device = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the diff, change nothing")] = False,
     wait: Annotated[float, typer.Option(help="Seconds to wait for another writer's lock")] = 0.0,
+    repair: Annotated[bool, typer.Option("--repair", help="Verify the store first and re-embed the documents of "
+                                         "missing or corrupt shards")] = False,
     runner: Runner = "threads",
     dask_address: DaskAddress = None,
     dask_workers: DaskWorkers = 2,
@@ -112,7 +114,7 @@ def index(
     try:
         config = settings.index()
         r = run_index(docs_dir, store, config, device=device, dry_run=dry_run, lock_wait_s=wait, runner=runner,
-                      dask_address=dask_address, dask_workers=dask_workers)
+                      dask_address=dask_address, dask_workers=dask_workers, repair=repair)
     except Exception as exc:  # noqa: BLE001
         _fail(exc)
     for problem in r.skipped_files:
@@ -124,7 +126,7 @@ def index(
     head = "dry run, nothing written: " if r.dry_run else ""
     console.print(
         f"{head}documents added {r.added}, changed {r.changed}, unchanged {r.unchanged}, removed {r.removed}; "
-        f"skipped files {len(r.skipped_files)}"
+        f"skipped files {len(r.skipped_files)}" + (f"; repaired {r.repaired} (damaged shards)" if repair else "")
     )
     if not r.dry_run:
         console.print(f"chunks embedded {r.chunks_embedded}, live chunks {r.live_chunks}, shards {r.shards}, "
@@ -146,7 +148,9 @@ def verify(store: Store) -> None:
     for problem in rep.problems:
         console.print(f"problem: {terminal_text(problem)}", highlight=False, markup=False, soft_wrap=True)
     if rep.problems:
-        err.print(f"[bold red]{len(rep.problems)} problem(s)[/] in {safe(str(rep.store))}")
+        err.print(f"[bold red]{len(rep.problems)} problem(s)[/] in {safe(str(rep.store))}"
+                  + (f"; `ragbatch index DOCS --store {safe(store)} --repair` re-embeds the documents of the "
+                     f"{len(rep.damaged_shards)} damaged shard(s)" if rep.damaged_shards else ""), soft_wrap=True)
         raise typer.Exit(code=1)
     console.print(f"OK {safe(str(rep.store))}: generation {rep.generation}, {rep.documents} documents, "
                   f"{rep.live_rows} live rows of {rep.total_rows} in {rep.shards} shards, {len(rep.orphans)} orphan "

@@ -94,6 +94,7 @@ class VerifyReport:
     orphans: list[str] = field(default_factory=list)  # unreferenced files (harmless; the next writer deletes them)
     bm25: str = ""  # the state of the on-disk BM25 index (derived data: behind is not a problem)
     seconds: float = 0.0
+    damaged_shards: list[str] = field(default_factory=list)  # missing or corrupt: `index --repair` re-embeds them
 
     @property
     def ok(self) -> bool:

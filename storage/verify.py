@@ -128,6 +128,7 @@ def check_once(store: Store) -> VerifyReport:
                     f"{NORM_TOLERANCE} (row {row}, chunk {ids[row]!r}: norm {float(norms[worst]):.6f})"
                 )
     rep.live_rows = live_total
+    rep.damaged_shards = sorted(unreadable_shards)
     if manifest is not None:
         listed = set(names)
         for doc_id, row in docs.items():

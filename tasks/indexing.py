@@ -28,6 +28,7 @@ class IndexPlan:
     removed: list[str] = field(default_factory=list)
     kept_unreadable: list[str] = field(default_factory=list)
     rebuild_reason: str | None = None  # set when the embedder changed: everything is re-embedded
+    repaired: list[str] = field(default_factory=list)  # unchanged documents re-embedded: their shard was damaged
 
     @property
     def to_embed(self) -> list[str]:
@@ -48,10 +49,13 @@ def plan_index(
     embedder: EmbedderConfig,
     settings: ChunkSettings,
     unreadable_paths: set[str] = frozenset(),
+    damaged_shards: set[str] = frozenset(),
 ) -> IndexPlan:
     """Diff the documents on disk against the committed manifest.
 
     Documents of a file that could not be read this time are kept as they are (never silently dropped).
+    Unchanged documents whose rows sit in one of ``damaged_shards`` (``index --repair``: missing or corrupt
+    shards found by verify) are re-embedded as if changed, and listed in ``repaired``.
     """
     plan = IndexPlan()
     old: dict[str, dict[str, Any]] = {}
@@ -76,6 +80,9 @@ def plan_index(
             or prev["chunking"] != settings.key
         ):
             plan.changed.append(doc_id)
+        elif prev["shard"] in damaged_shards and int(prev["n_chunks"]):
+            plan.changed.append(doc_id)
+            plan.repaired.append(doc_id)
         else:
             plan.unchanged.append(doc_id)
     for doc_id, prev in old.items():
