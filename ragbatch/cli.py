@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -13,13 +13,10 @@ from rich.table import Table
 
 from deployments.serve import DEFAULT_CRON
 from ragbatch.options import Settings, with_settings
-from ragbatch.show import safe, show
+from ragbatch.show import print_answers, safe, show
 from storage.escape import terminal_text
 from storage.paths import configure_environment, demo_dir
 from tasks.config import DEFAULT_EMBEDDER, DEFAULT_GENERATOR, DTYPE_CHOICES
-
-if TYPE_CHECKING:
-    from storage.results import ResultRow
 
 configure_environment()
 
@@ -254,7 +251,7 @@ def answer(
         _fail(exc)
     for problem in r.question_errors:
         err.print(f"[yellow]skipped[/] {safe(problem)}")
-    print_answers(r.rows)
+    print_answers(console, r.rows)
     console.print(f"{r.questions} questions, {r.differ} answers changed by retrieval; "
                   f"retrieval {r.retrieve_s:.1f}s, generation {r.generate_s:.1f}s ({r.dtype or 'resumed'}, padded/"
                   f"real prompt tokens {r.padding_ratio:.2f}), total {r.seconds:.1f}s → {safe(str(r.out))}")
@@ -292,7 +289,7 @@ def demo(
         a = run_answer(questions, store, out, retrieval, generation, device=device)
     except Exception as exc:  # noqa: BLE001
         _fail(exc)
-    print_answers(a.rows)
+    print_answers(console, a.rows)
     console.print(f"{a.questions} questions, {a.differ} answers changed by retrieval; results → {safe(str(a.out))}; "
                   f"demo wall time {time.perf_counter() - t0:.0f}s")
     console.print(f"report: {safe(a.report or 'not written (see the log)')}", soft_wrap=True)  # last: the page
@@ -390,27 +387,6 @@ def evaluate(
 app.command("show")(show)  # ragbatch/show.py: the report's cards in the terminal
 
 
-def print_answers(rows: list[ResultRow]) -> None:
-    """The with/without table, one row per question."""
-    from tasks.cite import cited_where
-    table = Table(title="What retrieval changed", show_lines=True, expand=True)
-    table.add_column("id", no_wrap=True)
-    table.add_column("question", ratio=3)
-    table.add_column("without retrieval", ratio=2)
-    table.add_column("with retrieval", ratio=2)
-    table.add_column("≠", no_wrap=True)
-    table.add_column("top document", ratio=2, overflow="fold")
-    table.add_column("cites", ratio=2, overflow="fold")  # ~ marks a citation inferred from the passages
-    for r in rows:
-        doc = r.doc_ids[0].split(".jsonl#", 1)[-1] if r.doc_ids else ""  # drop the JSONL file name
-        dense = r.dense_scores  # a cosine tells a reader more than an RRF score ("0.033" for every top hit)
-        score = f"cosine {dense[0]:.3f}" if dense and dense[0] == dense[0] else f"score {r.scores[0]:.3f}"
-        top = f"{doc} ({score})" if r.chunk_ids else "-"
-        gold = f"\n[dim]gold: {safe(' | '.join(r.gold_answers[:2]))}[/]" if r.gold_answers else ""
-        table.add_row(safe(str(r.question_id)), safe(r.question) + gold, safe(r.no_rag_answer),
-                      safe(r.rag_answer), "yes" if r.answers_differ else "no", safe(top),
-                      safe(cited_where(r.citations)))
-    console.print(table)
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -21,6 +21,9 @@ from rich.table import Table
 from rich.text import Text
 
 from storage.escape import terminal_text
+
+if TYPE_CHECKING:
+    from storage.results import ResultRow
 
 # The same styles as the HTML page: yellow supports the RAG answer, blue is a gold answer, green is both.
 MARK_STYLES = {frozenset({"support"}): "black on yellow", frozenset({"gold"}): "black on bright_cyan",
@@ -158,3 +161,27 @@ def show(
         raise typer.Exit(code=2)
     chunks = ChunkTable()
     print_card(console, build_card(row, chunks), chunks.rows, retriever, passages)
+
+
+def print_answers(console: Console, rows: list[ResultRow]) -> None:
+    """The with/without table that `answer` and `demo` print, one row per question."""
+    from tasks.cite import cited_where
+
+    table = Table(title="What retrieval changed", show_lines=True, expand=True)
+    table.add_column("id", no_wrap=True)
+    table.add_column("question", ratio=3)
+    table.add_column("without retrieval", ratio=2)
+    table.add_column("with retrieval", ratio=2)
+    table.add_column("≠", no_wrap=True)
+    table.add_column("top document", ratio=2, overflow="fold")
+    table.add_column("cites", ratio=2, overflow="fold")  # ~ marks a citation inferred from the passages
+    for r in rows:
+        doc = r.doc_ids[0].split(".jsonl#", 1)[-1] if r.doc_ids else ""  # drop the JSONL file name
+        dense = r.dense_scores  # a cosine tells a reader more than an RRF score ("0.033" for every top hit)
+        score = f"cosine {dense[0]:.3f}" if dense and dense[0] == dense[0] else f"score {r.scores[0]:.3f}"
+        top = f"{doc} ({score})" if r.chunk_ids else "-"
+        gold = f"\n[dim]gold: {safe(' | '.join(r.gold_answers[:2]))}[/]" if r.gold_answers else ""
+        table.add_row(safe(str(r.question_id)), safe(r.question) + gold, safe(r.no_rag_answer),
+                      safe(r.rag_answer), "yes" if r.answers_differ else "no", safe(top),
+                      safe(cited_where(r.citations)))
+    console.print(table)

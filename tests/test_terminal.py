@@ -55,11 +55,12 @@ def hostile_run(prefect_harness, tmp_path_factory):
 
 
 def test_search_show_and_the_answer_table_print_controls_visibly(hostile_run, capsys):
-    from ragbatch.cli import print_answers
+    from ragbatch.cli import console
+    from ragbatch.show import print_answers
 
     store, results, report = hostile_run
     _assert_inert(_cli("search", "river Paris", "--store", str(store), "-k", "1", "--retriever", "bm25").output)
     _assert_inert(_cli("show", str(results)).output, whole=False)  # one clipped line per question
     _assert_inert(_cli("show", str(results), report.rows[0].question_id).output)
-    print_answers(report.rows)
+    print_answers(console, report.rows)
     _assert_inert(capsys.readouterr().out, whole=False)  # table cells wrap and clip

@@ -99,6 +99,16 @@ def clean_text(text: str) -> str:
     return text.replace("\x00", "").replace("\r\n", "\n").replace("\r", "\n")
 
 
+def env_count(name: str, default: int) -> int:
+    """A limit read from the environment variable ``name`` (``default`` when unset): a whole number >= 1."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit() or int(raw) < 1:
+        raise ValueError(f"{name}={raw!r}: must be a whole number, at least 1")
+    return int(raw)
+
+
 UNZIPPED_ENV = "RAGBATCH_MAX_UNZIPPED_MB"
 MAX_UNZIPPED_MB = 256  # a DOCX's XML and media together; a 1,000-page manual is ~20 MB unzipped
 MAX_RATIO = 100  # typical XML compresses 5-20x; a member past 100x (and past 1 MiB) is built to explode
@@ -111,10 +121,7 @@ def check_zip(raw: bytes) -> None:
     sizes bound the memory, as the stdlib docs advise: the total against ``$RAGBATCH_MAX_UNZIPPED_MB`` (default
     256), and every member over 1 MiB against a compression ratio of 100.
     """
-    raw_limit = os.environ.get(UNZIPPED_ENV, "").strip()
-    if raw_limit and (not raw_limit.isdigit() or int(raw_limit) < 1):
-        raise LoadError(f"{UNZIPPED_ENV}={raw_limit!r}: must be a whole number of MB, at least 1")
-    limit = int(raw_limit or MAX_UNZIPPED_MB) << 20
+    limit = env_count(UNZIPPED_ENV, MAX_UNZIPPED_MB) << 20
     try:
         members = zipfile.ZipFile(io.BytesIO(raw)).infolist()
     except (zipfile.BadZipFile, ValueError, OSError) as exc:

@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import io
 import logging
-import os
 
-from tasks.loaders.base import LoadError, WholeFileLoader, clean_text, register
+from tasks.loaders.base import LoadError, WholeFileLoader, clean_text, env_count, register
 
 PAGE_BREAK = "\n\n"  # between pages in the document text
 MAX_PAGES_ENV = "RAGBATCH_MAX_PDF_PAGES"
@@ -25,12 +24,7 @@ MAX_PAGES = 5000  # a 5,000-page manual still loads; a tree claiming 10^8 pages 
 
 def max_pdf_pages() -> int:
     """The page cap: ``$RAGBATCH_MAX_PDF_PAGES`` or :data:`MAX_PAGES`; a value that is not a count >= 1 is an error."""
-    raw = os.environ.get(MAX_PAGES_ENV, "").strip()
-    if not raw:
-        return MAX_PAGES
-    if not raw.isdigit() or int(raw) < 1:
-        raise ValueError(f"{MAX_PAGES_ENV}={raw!r}: must be a whole number of pages, at least 1")
-    return int(raw)
+    return env_count(MAX_PAGES_ENV, MAX_PAGES)
 
 
 @register
@@ -41,16 +35,16 @@ class PdfLoader(WholeFileLoader):
     def extract(self, raw: bytes) -> tuple[str, str, list[int] | None]:
         from tasks.loaders.worker import WORKER
 
-        text, offsets, title = WORKER.run(extract_pages, raw)  # time- and memory-boxed (worker.py)
+        text, offsets, title = WORKER.run(extract_pages, raw, max_pdf_pages())  # time- and memory-boxed
         return text, title, offsets
 
 
-def extract_pages(raw: bytes) -> tuple[str, list[int], str]:
+def extract_pages(raw: bytes, max_pages: int | None = None) -> tuple[str, list[int], str]:
     """(text, start offset of every page, title) of a PDF, or :class:`LoadError` saying what is wrong."""
     from pypdf import PdfReader
     from pypdf.errors import LimitReachedError, PdfReadError
 
-    limit = max_pdf_pages()  # outside the try: a bad setting is not a corrupt PDF
+    limit = max_pages or max_pdf_pages()  # outside the try: a bad setting is not a corrupt PDF
 
     logging.getLogger("pypdf").setLevel(logging.ERROR)  # its recoverable-damage warnings flood the run log
     if not raw.strip():

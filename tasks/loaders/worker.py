@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
-import os
 import threading
 from collections.abc import Callable
 from typing import Any
 
-from tasks.loaders.base import LoadError
+from tasks.loaders.base import LoadError, env_count
 
 log = logging.getLogger(__name__)
 
@@ -29,28 +28,22 @@ MEMORY_ENV = "RAGBATCH_PARSE_MEMORY_MB"
 PARSE_MEMORY_MB = 4096
 
 
-def _setting(env: str, default: int) -> int:
-    raw = os.environ.get(env, "").strip()
-    if not raw:
-        return default
-    if not raw.isdigit() or int(raw) < 1:
-        raise ValueError(f"{env}={raw!r}: must be a whole number, at least 1")
-    return int(raw)
-
-
 def _serve(conn: Any, memory_mb: int) -> None:
-    """The worker's loop: (function, argument) in, ("ok", result) / ("load", message) / ("error", message) out."""
+    """The worker's loop: (function, arguments) in, ("ok", result) / ("load", message) / ("error", message) out.
+
+    Settings are read by the caller and passed as arguments: the worker's environment is a copy taken when it
+    started."""
     import resource
 
     limit = memory_mb << 20
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     while True:
         try:
-            fn, arg = conn.recv()
+            fn, args = conn.recv()
         except EOFError:
             return
         try:
-            conn.send(("ok", fn(arg)))
+            conn.send(("ok", fn(*args)))
         except LoadError as exc:
             conn.send(("load", str(exc)))
         except MemoryError:
@@ -66,14 +59,16 @@ class ParserWorker:
         self._lock = threading.Lock()
         self._proc: Any = None
         self._conn: Any = None
+        self._memory_mb = 0
 
-    def run(self, fn: Callable[[Any], Any], arg: Any) -> Any:
-        seconds = _setting(SECONDS_ENV, PARSE_SECONDS)
-        memory_mb = _setting(MEMORY_ENV, PARSE_MEMORY_MB)
+    def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` in the worker, within the time budget; ``fn`` and ``args`` must pickle."""
+        seconds = env_count(SECONDS_ENV, PARSE_SECONDS)
+        memory_mb = env_count(MEMORY_ENV, PARSE_MEMORY_MB)
         with self._lock:
             if not self._start(memory_mb):
-                return fn(arg)
-            self._conn.send((fn, arg))
+                return fn(*args)
+            self._conn.send((fn, args))
             if not self._conn.poll(seconds):
                 self.stop()
                 raise LoadError(f"too slow: not extracted within {seconds} s ({SECONDS_ENV}); a hostile or "
@@ -90,8 +85,9 @@ class ParserWorker:
         return value
 
     def _start(self, memory_mb: int) -> bool:
-        if self._proc is not None and self._proc.is_alive():
+        if self._proc is not None and self._proc.is_alive() and self._memory_mb == memory_mb:
             return True
+        self.stop()  # dead, or started with another memory cap
         if mp.current_process().daemon:
             log.warning("parsing in-process without a time limit: a daemonic process cannot start a worker")
             return False
@@ -100,6 +96,7 @@ class ParserWorker:
         self._proc = ctx.Process(target=_serve, args=(child, memory_mb), daemon=True, name="ragbatch-parser")
         self._proc.start()
         child.close()
+        self._memory_mb = memory_mb
         return True
 
     def stop(self) -> None:
