@@ -44,11 +44,7 @@ def check_outputs(outputs: Iterable[str | Path], inputs: Iterable[str | Path] = 
     ins = [Path(i).expanduser().resolve() for i in inputs]
     roots = [local_path(s).resolve() for s in stores if not is_object_url(str(s))]
     for out in outs:
-        for root in roots:
-            if out == root or root in out.parents:
-                raise OutputPathError(f"output {out} is inside the store {root}: writing there would damage the "
-                                      "store; choose a path outside it")
-        found = store_root(out)
+        found = next((r for r in roots if out == r or r in out.parents), None) or store_root(out)
         if found is not None:
             raise OutputPathError(f"output {out} is inside the store {found}: writing there would damage the "
                                   "store; choose a path outside it")

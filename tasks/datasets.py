@@ -106,8 +106,10 @@ def load_eval_dataset(
             ds = _simple(path, Path(corpus).expanduser())
         else:
             raise DatasetError(f"{path}: unsupported data set type {path.suffix} (.json SQuAD shape or .jsonl)")
-    seen: set[str] = set()
-    unique = [q for q in ds.questions if not (q.id in seen or seen.add(q.id))]
+    first: dict[str, EvalQuestion] = {}
+    for q in ds.questions:  # the first of each id, in order
+        first.setdefault(q.id, q)
+    unique = list(first.values())
     if len(unique) < len(ds.questions):  # the answer flow's rule: the first of a repeated id is kept
         ds.notes.append(f"{len(ds.questions) - len(unique)} questions with a repeated id skipped (kept the first)")
         ds.questions = unique
