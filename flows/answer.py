@@ -4,6 +4,7 @@ Parquet, plus the HTML report and the Prefect artifacts."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -15,6 +16,7 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.naming import run_name
 from flows.runners import in_order
+from flows.stopping import stop_between_batches
 from storage.lock import output_lock
 from storage.outputs import check_outputs
 from storage.report_html import report_path, write_answer_report
@@ -27,7 +29,7 @@ from tasks.embed import EmbedderConfig, embedding_dtype
 from tasks.generate import dual_generate, load_generator
 from tasks.metrics import answers_differ
 from tasks.prompts import get_prompt
-from tasks.questions import Question, QuestionLoad, load_questions
+from tasks.questions import Question, QuestionStream
 from tasks.report import build_report
 from tasks.retrieve import SearchResult, embedder_for_store, search
 from tasks.snap import snap_answer
@@ -67,14 +69,12 @@ class AnswerReport:
         return asdict(self)
 
 
-@task(name="load-questions", cache_policy=NO_CACHE)
-def load_questions_task(paths: list[str]) -> QuestionLoad:
-    loaded = load_questions(paths)
+def log_question_errors(stream: QuestionStream) -> None:
+    """The rows and files the question stream refused, once it is read to the end."""
     logger = get_run_logger()
-    for err in loaded.errors:
+    for err in stream.errors:
         logger.warning("skipped %s", err)
-    logger.info("%d questions (%d rejected rows)", len(loaded.questions), len(loaded.errors))
-    return loaded
+    logger.info("%d questions (%d rejected rows)", stream.count, len(stream.errors))
 
 
 @task(name="retrieve-batch", cache_policy=NO_CACHE)
@@ -213,32 +213,42 @@ def answer_flow(
     t0 = time.perf_counter()
     logger = get_run_logger()
     check_outputs(answer_outputs(out), inputs=questions, stores=[store])  # before any work (storage/outputs.py)
-    with output_lock(Path(out).expanduser().resolve(), lock_wait_s):  # a second run on OUT: refused or waits
+    stream = QuestionStream(questions)  # every file checked now; read batch by batch below (tasks/questions.py)
+    with (output_lock(Path(out).expanduser().resolve(), lock_wait_s),  # a second run on OUT: refused or waits
+          stop_between_batches("the answer run") as stop):  # SIGTERM / SIGINT: stop after the current batch
         config = embedder_for_store(store, rc.embedder)  # refuses a store built by another embedder, up front
-        loaded = load_questions_task(questions)
-        report = AnswerReport(out=str(Path(out).expanduser().resolve()), question_errors=loaded.errors)
-        qs = loaded.questions
+        report = AnswerReport(out=str(Path(out).expanduser().resolve()), question_errors=stream.errors)
         meta = Store(store).meta()
         parts = ResultParts(report.out)
         settings = {"store": store, "generation": meta.generation, "embedder": config.fingerprint.get("id"),
                     "retrieval": to_dict(rc), "generation_settings": to_dict(gs)}
         slots: list[list[ResultRow]] = []
-        todo: list[tuple[int, list[Question], str]] = []
-        for i in range(0, len(qs), batch_questions):
-            batch = qs[i : i + batch_questions]
-            key = ResultParts.key(settings, [asdict(q) for q in batch])
-            done = parts.get(key)
-            slots.append(done or [])
-            if done is not None:
-                logger.info("questions %d-%d: resumed from %s", i + 1, i + len(batch), parts.dir)
-                report.resumed_batches += 1
-            else:
-                todo.append((len(slots) - 1, batch, key))
+
+        def todo() -> Iterator[tuple[int, list[Question], str]]:
+            """The batches still to answer, read from the question files only as the runner takes them."""
+            first = 1
+            for batch in stream.batches(batch_questions):
+                key = ResultParts.key(settings, [asdict(q) for q in batch])
+                done = parts.get(key)
+                slots.append(done or [])
+                if done is not None:
+                    logger.info("questions %d-%d: resumed from %s", first, first + len(batch) - 1, parts.dir)
+                    report.resumed_batches += 1
+                else:
+                    yield len(slots) - 1, batch, key
+                first += len(batch)
+
+        batches = todo()
         for (slot, batch, key), b in in_order(
-                lambda t: answer_batch_task.submit(store, t[1], rc, config, device, gs), todo, parallel_batches):
+                lambda t: answer_batch_task.submit(store, t[1], rc, config, device, gs), batches, parallel_batches,
+                stop.requested):
             report.add(b)
             slots[slot] = result_rows(batch, b, rc, gs.generator, config.name)
             parts.put(key, slots[slot])  # durable: a killed run resumes after this batch
+        if stop.requested() and next(batches, None) is not None:
+            raise stop.stopped(f"{sum(1 for s in slots if s)} batches of {batch_questions} questions are kept in "
+                               f"{parts.dir}")
+        log_question_errors(stream)
         rows = [r for slot in slots for r in slot]
         run_config = {
             "flow": "answer", "questions": questions, "store": store, "out": report.out, "k": rc.k,
@@ -249,7 +259,7 @@ def answer_flow(
             "generator_dtype": report.dtype or None,  # None when every batch was resumed
             "generation_stats": {"prompt_tokens": report.prompt_tokens, "padded_tokens": report.padded_tokens,
                                  "padding_ratio": round(report.padding_ratio, 3), "new_tokens": report.new_tokens},
-            "device": device, "created_at": datetime.now().isoformat(), "question_errors": loaded.errors,
+            "device": device, "created_at": datetime.now().isoformat(), "question_errors": stream.errors,
         }
         write_task(report.out, rows, run_config)
         parts.clear()

@@ -14,6 +14,7 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.naming import run_name
 from flows.runners import in_order
+from flows.stopping import StopSignal, stop_between_batches
 from storage.store import CompactReport, Store
 from tasks.chunk import ChunkSettings
 from tasks.config import IndexConfig, apply_changes
@@ -148,7 +149,7 @@ def index_flow(
     loaded = load_task(docs_dir, cfg.follow_symlinks)
     st = Store(store)
     report = IndexReport(store=str(st.root), skipped_files=loaded.errors, dry_run=dry_run)
-    with st.lock(wait_s=lock_wait_s):
+    with st.lock(wait_s=lock_wait_s), stop_between_batches("the index run") as stop:  # SIGTERM: after a batch
         damaged = set(st.verify().damaged_shards) if repair and st.exists() else set()
         if damaged:
             logger.warning("repair: %d damaged shards (%s): their documents are re-embedded", len(damaged),
@@ -176,7 +177,9 @@ def index_flow(
         fp, dim = config.fingerprint, config.dim
         if plan.rebuild_reason:
             # Another embedder: vectors must not mix, so the switch is one commit at the very end.
-            results = list(_run_batches(store, batches, config, settings, device, parallel_batches))
+            results = list(_run_batches(store, batches, config, settings, device, parallel_batches, stop))
+            if len(results) < len(batches):
+                raise stop.stopped("nothing was committed (a change of embedder commits only at its end)")
             meta = st.commit(fp, dim, [r.shard for r in results], replace_all=True)
         else:
             meta = None
@@ -186,10 +189,12 @@ def index_flow(
             # killed midway keeps every document of the generation before it (and the shards holding them).
             removed = set(plan.removed)
             results = []
-            for r in _run_batches(store, batches, config, settings, device, parallel_batches):
+            for r in _run_batches(store, batches, config, settings, device, parallel_batches, stop):
                 results.append(r)
                 last = len(results) == len(batches)
                 meta = st.commit(fp, dim, [r.shard], remove_doc_ids=removed if last else frozenset())
+            if len(results) < len(batches):
+                raise stop.stopped(f"{len(results)} of {len(batches)} document batches were committed")
             if removed and not batches:
                 meta = st.commit(fp, dim, [], remove_doc_ids=removed)
             meta = meta or st.meta()
@@ -222,11 +227,12 @@ def index_flow(
 
 def _run_batches(
     store: str, batches: list[list[Document]], config: EmbedderConfig, settings: ChunkSettings,
-    device: str | None, parallel: int,
+    device: str | None, parallel: int, stop: StopSignal,
 ) -> Iterator[BatchResult]:
-    """Each batch chunked, embedded and written by a task on the runner (``parallel`` in flight), in order."""
+    """Each batch chunked, embedded and written by a task on the runner (``parallel`` in flight), in order; none
+    started once ``stop`` is requested."""
     for _, result in in_order(lambda b: embed_batch_task.submit(store, b, config, settings, device), batches,
-                              parallel):
+                              parallel, stop.requested):
         yield result
 
 

@@ -35,14 +35,21 @@ def run_flow(flow: Any, args: tuple, kw: dict[str, Any], runner: str = "threads"
         return fl(*args, **kw)
 
 
-def in_order(submit: Callable[[T], Any], items: Iterable[T], parallel: int = 1) -> Iterator[tuple[T, Any]]:
+def in_order(submit: Callable[[T], Any], items: Iterable[T], parallel: int = 1,
+             stop: Callable[[], bool] | None = None) -> Iterator[tuple[T, Any]]:
     """Submit every item (``submit`` returns a future), at most ``parallel`` in flight; yield ``(item, result)``
     in submission order, so the flow commits or keeps each finished batch in order.
 
     One batch at a time is right for one device (torch already uses every core); on Dask, one per worker.
+    ``items`` is read only as batches are submitted (a question file is streamed through it). Once ``stop()``
+    is true no further item is taken; those in flight still finish and are yielded (flows/stopping.py).
     """
     pending: deque[tuple[T, Any]] = deque()
-    for item in items:
+    source = iter(items)
+    while stop is None or not stop():
+        item = next(source, _END)
+        if item is _END:
+            break
         pending.append((item, submit(item)))
         while len(pending) >= max(1, parallel):
             done, future = pending.popleft()
@@ -50,6 +57,9 @@ def in_order(submit: Callable[[T], Any], items: Iterable[T], parallel: int = 1) 
     while pending:
         done, future = pending.popleft()
         yield done, future.result()
+
+
+_END: Any = object()
 
 
 def task_runner(kind: str = "threads", address: str | None = None, workers: int = 2) -> Any:

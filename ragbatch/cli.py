@@ -56,6 +56,11 @@ def _check_numbers(**options: tuple[float, float | None, float | None]) -> None:
 
 
 def _fail(exc: BaseException) -> None:
+    from flows.stopping import RunStopped
+
+    if isinstance(exc, RunStopped):  # a signal stopped it between batches: what was kept is said, 128 + signal
+        err.print(f"[yellow]stopped:[/] {safe(str(exc))}")
+        raise typer.Exit(code=128 + exc.signum)
     err.print(f"[bold red]error:[/] {safe(str(exc))}")
     raise typer.Exit(code=2)
 
@@ -217,6 +222,9 @@ def answer(
     dask_address: DaskAddress = None,
     dask_workers: DaskWorkers = 2,
     wait: Annotated[float, typer.Option(help="Seconds to wait when another run is writing the same OUT")] = 0.0,
+    batch_questions: Annotated[int | None, typer.Option(help="Questions read and answered per batch (default 64, or "
+                               "the --config run's): each finished batch is kept, so a stopped run resumes after "
+                               "it when re-run with the same value")] = None,
     *,
     settings: Settings,
 ) -> None:
@@ -229,6 +237,8 @@ def answer(
         retrieval, generation = settings.retrieval(saved.get("retrieval")), settings.generation(saved.get("generation"))
     except Exception as exc:  # noqa: BLE001
         _fail(exc)
+    batch_questions = batch_questions or int(saved.get("batch_questions") or 64)
+    _check_numbers(batch_questions=(batch_questions, 1, None))
     questions = questions or [Path(q) for q in saved.get("questions", [])]
     store = store or saved.get("store")
     out = out or Path(saved.get("out") or "results.parquet")
@@ -246,7 +256,8 @@ def answer(
 
     try:
         r = run_answer(questions, store, out, retrieval, generation, device=device, runner=runner,
-                       dask_address=dask_address, dask_workers=dask_workers, lock_wait_s=wait)
+                       dask_address=dask_address, dask_workers=dask_workers, lock_wait_s=wait,
+                       batch_questions=batch_questions)
     except Exception as exc:  # noqa: BLE001
         _fail(exc)
     for problem in r.question_errors:

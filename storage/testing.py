@@ -2,7 +2,8 @@
 
 ``RAGBATCH_TEST_KILL_AT=POINT:N[,POINT:N...]`` makes the process SIGKILL itself the N-th time (counted per process,
 from 1) it reaches POINT; ``POINT:N:stall`` makes it stop there instead, holding its lock, until it is killed from
-outside (so a test can meet a live writer deterministically, without racing it). The points
+outside (so a test can meet a live writer deterministically, without racing it); ``POINT:N:term`` sends the
+process SIGTERM there and goes on. The points
 (:func:`storage.hooks.crash_point`):
 
 - ``mid-shard``          a shard's tensor file is in place, its chunk table is not yet written
@@ -40,4 +41,7 @@ def kill_point(point: str) -> None:
             if action == "stall":
                 while True:
                     time.sleep(3600)
+            if action == "term":  # as `kill PID` from outside would, at a known point
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
             os.kill(os.getpid(), signal.SIGKILL)

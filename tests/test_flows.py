@@ -161,7 +161,8 @@ def test_answer_run_records_its_generation_settings(prefect_harness, corpus, tmp
 
 
 def test_killed_answer_run_resumes_from_its_finished_batches(prefect_harness, api_env, corpus, tmp_path):
-    """A run killed after its second batch (of three) redoes only the third; the table equals a clean run's."""
+    """A run stopped by SIGTERM after its first batch (of three), then killed after its second, redoes only the
+    third; the table equals a clean run's."""
     from flows.answer import run_answer
     from flows.index import run_index
     from storage.testing import KILL_ENV
@@ -174,10 +175,21 @@ def test_killed_answer_run_resumes_from_its_finished_batches(prefect_harness, ap
     kw = {"k": 2, "generator": FAST_GENERATOR, "max_new_tokens": 8, "batch_questions": 1}
     clean = run_answer(qfile, store, tmp_path / "clean.parquet", **kw)
     out = tmp_path / "killed.parquet"
+    # SIGTERM (as `kill PID` sends) during the run: said at once, the batch in hand is kept, no other is started,
+    # and the CLI exits 128 + 15 naming what was kept.
+    proc = subprocess.run([sys.executable, "-m", "ragbatch.cli", "answer", str(qfile), "--store", str(store),
+                           "--out", str(out), "-k", "2", "--generator", FAST_GENERATOR, "--max-new-tokens", "8",
+                           "--batch-questions", "1"], cwd=ROOT,
+                          env=dict(api_env, **{KILL_ENV: "after-result-part:1:term"}), capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 128 + signal.SIGTERM, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "SIGTERM: stopping the answer run after the current batch" in proc.stderr
+    assert "stopped: the answer run stopped by SIGTERM: 1 batches of 1 questions are kept" in proc.stderr
+    assert not out.exists() and len(list((tmp_path / "killed.parquet.parts").glob("*.parquet"))) == 1
     script = ("import sys; from flows.answer import run_answer; "
               f"run_answer(sys.argv[1], sys.argv[2], sys.argv[3], **{kw!r})")
     proc = subprocess.run([sys.executable, "-c", script, str(qfile), str(store), str(out)], cwd=ROOT,
-                          env=dict(api_env, **{KILL_ENV: "after-result-part:2"}), capture_output=True, text=True,
+                          env=dict(api_env, **{KILL_ENV: "after-result-part:1"}), capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     assert not out.exists() and len(list((tmp_path / "killed.parquet.parts").glob("*.parquet"))) == 2

@@ -247,3 +247,34 @@ def test_a_100k_character_question_is_a_row_error(tmp_path: Path) -> None:
     assert [q.id for q in load.questions] == ["ok"]
     assert load.errors == [f"{f}:1: 'question' is 99999 characters, more than {MAX_QUESTION_CHARS}: a question, "
                            "not a document (put long texts in the indexed folder)"]
+
+
+def test_a_large_question_file_is_streamed_in_bounded_memory(tmp_path: Path) -> None:
+    """A 100 MB JSONL file (25,600 questions of ~4 KB) is read batch by batch: the reader's peak memory grows by
+    less than 40 MB over its imports (7 MB measured; loading it whole grew it by 305 MB); a runaway 3 MB line is
+    a row error, not a 3 MB string."""
+    import subprocess
+    import sys
+
+    f = tmp_path / "big.jsonl"
+    filler = "word " * 780
+    with f.open("w", encoding="utf-8") as out:
+        for i in range(25_600):
+            out.write(json.dumps({"id": f"q{i}", "question": f"{filler} number {i}?"}) + "\n")
+        out.write(json.dumps({"question": "x" * 3_000_000}) + "\n")
+    assert f.stat().st_size > 100e6
+    script = (
+        "import resource, sys; from tasks.questions import QuestionStream\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "s = QuestionStream(sys.argv[1]); n = sum(len(b) for b in s.batches(64))\n"
+        "print(n, len(s.errors), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)\n"
+        "print(s.errors[0])\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script, str(f)], capture_output=True, text=True, timeout=300,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    first, error = proc.stdout.splitlines()
+    n, errors, grown_kb = map(int, first.split())
+    assert (n, errors) == (25_600, 1)
+    assert error == f"{f}:25601: line longer than 1048576 bytes"
+    assert grown_kb < 40_000, f"peak memory grew {grown_kb / 1024:.0f} MB reading a 100 MB question file"
