@@ -41,6 +41,8 @@ def check_outputs(outputs: Iterable[str | Path], inputs: Iterable[str | Path] = 
     that is, holds or lies inside one of ``inputs``. Object-store locations in ``stores`` are not local paths
     and cannot collide with a local output."""
     outs = [Path(o).expanduser().resolve() for o in outputs]
+    for folder in sorted({_existing_folder(out) for out in outs}):
+        _check_writable(folder)
     ins = [Path(i).expanduser().resolve() for i in inputs]
     roots = [local_path(s).resolve() for s in stores if not is_object_url(str(s))]
     for out in outs:
@@ -54,3 +56,29 @@ def check_outputs(outputs: Iterable[str | Path], inputs: Iterable[str | Path] = 
             if inp in out.parents:
                 raise OutputPathError(f"output {out} is inside the run's input folder {inp}; choose a path "
                                       "outside it")
+
+
+def _existing_folder(out: Path) -> Path:
+    """The folder an output will be written in, or its nearest existing ancestor (the run creates the rest)."""
+    folder = out.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return folder
+
+
+def _check_writable(folder: Path) -> None:
+    """Refuse a folder the run could not write in, by writing in it: permissions, a read-only mount or a quota
+    all answer the same way, and a read-only ``--out`` folder was found only after a batch of answers was
+    generated and thrown away."""
+    import os
+    import tempfile
+
+    if not folder.is_dir():
+        raise OutputPathError(f"cannot write under {folder}: it is a file, not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".ragbatch-write-check-", dir=folder)
+    except OSError as exc:
+        raise OutputPathError(f"cannot write in {folder} ({exc.strerror or exc}); choose another output "
+                              "path") from None
+    os.close(fd)
+    os.unlink(probe)

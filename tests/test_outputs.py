@@ -189,3 +189,37 @@ def test_s3_prefixes_with_dot_segments_are_refused():
     for url in ("s3://b/./st", "s3://b/a/../st", "s3://b/a/./b"):
         with pytest.raises(ValueError, match="'.', '..' or empty segments"):
             store_location(url)
+
+
+def _unwritable_folder() -> Path:
+    """A folder no one may write in, root included (root ignores permission bits, so a chmod cannot make one):
+    /sys refuses new files to every user on Linux."""
+    import tempfile
+
+    try:
+        fd, probe = tempfile.mkstemp(dir="/sys")
+    except OSError:
+        return Path("/sys")
+    os.close(fd)
+    os.unlink(probe)
+    pytest.skip("/sys is writable here")
+
+
+def test_an_unwritable_out_folder_is_refused_before_any_work(indexed, tmp_path):
+    """Issue 22, finding 11: a read-only --out folder was reported only after the first batch of answers had been
+    generated and thrown away. Now the folder is written to (a probe file) before the flow starts."""
+    import time
+
+    store, questions = indexed
+    folder = _unwritable_folder()
+    with pytest.raises(OutputPathError, match=f"cannot write in {folder} "):
+        check_outputs([folder / "deeper" / "results.parquet"])
+    t0 = time.perf_counter()
+    res = _cli("answer", str(questions), "--store", str(store), "--out", str(folder / "results.parquet"),
+               "--generator", FAST_GENERATOR)
+    assert res.exit_code == 2 and f"cannot write in {folder}" in res.output, res.output
+    assert time.perf_counter() - t0 < 10  # refused up front, not after loading a model
+    with pytest.raises(OutputPathError, match="it is a file, not a folder"):
+        check_outputs([questions / "results.parquet"])
+    check_outputs([tmp_path / "new" / "deeper" / "results.parquet"])  # folders the run will create are fine
+    assert not (tmp_path / "new").exists() and not list(tmp_path.glob(".ragbatch-write-check-*"))
