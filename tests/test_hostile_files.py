@@ -211,3 +211,31 @@ def test_a_pdf_that_takes_for_ever_is_stopped_and_named(tmp_path, monkeypatch):
     assert res.errors == [f"slow.pdf: too slow: not extracted within 3 s ({SECONDS_ENV}); a hostile or pathological "
                           "file?"]
     assert took < 30, took
+
+
+def test_hostile_html_is_read_whole_or_refused_with_its_real_reason(tmp_path):
+    """Issue 22, finding 11 (HTML): repeated identical paragraphs were dropped silently (20 MB became 553
+    characters), an unknown charset gave mojibake with no warning, and 200k nested <div>s were skipped as "only
+    navigation, scripts or boilerplate". Now the first two load with a warning naming the file, the third is
+    refused for what it is."""
+    para = "<p>The quick brown fox jumps over the lazy dog near the river bank today.</p>\n"
+    accents = "Café naïve résumé à la carte, déjà vu encore une fois."
+    unknown = f'<html><head><meta charset="x-klingon"></head><body><p>{accents}</p></body></html>'
+    docs = write_corpus(tmp_path / "docs", {"ok.txt": "Fine."})
+    (docs / "repeated.html").write_text(f"<html><body><article>{para * 2000}</article></body></html>")
+    (docs / "unknown.html").write_bytes(unknown.encode("cp1252"))
+    (docs / "unknown-utf8.html").write_bytes(unknown.encode("utf-8"))
+    (docs / "deep.html").write_text("<html><body>" + "<div>" * 200_000 + "<p>Deep text with several words.</p>"
+                                    + "</div>" * 200_000 + "</body></html>")
+    res = load_documents(docs)
+    by_id = {d.doc_id: d.text for d in res.documents}
+    assert sorted(by_id) == ["ok.txt", "repeated.html", "unknown-utf8.html", "unknown.html"]
+    assert by_id["unknown.html"].endswith(accents) and by_id["unknown-utf8.html"].endswith(accents)
+    assert sorted(res.errors) == [
+        "deep.html: elements nested 256 or more levels deep: the HTML parser stops there and drops the text "
+        "below, so the page cannot be read whole",
+        "repeated.html: 1999 repeated copies of 1 identical paragraphs were dropped by the main-text extraction "
+        "(each is indexed once)",
+        "unknown.html: unknown charset 'x-klingon' declared and the page is not UTF-8: read as windows-1252, so "
+        "non-ASCII characters may be wrong",
+    ]
