@@ -22,8 +22,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tasks.bm25 import BM25Index  # noqa: E402
-from tasks.datasets import fetch_squad_dev  # noqa: E402
+from tasks.evaluation.datasets import fetch_squad_dev  # noqa: E402
+from tasks.retrieval.backends.bm25 import BM25Index  # noqa: E402
 
 
 def tok(t: str) -> list[str]:

@@ -31,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.generate import workload  # noqa: E402
 from tasks.device import cpu_flags, dtype_name  # noqa: E402
-from tasks.embed import load_embedder, resolve_embedder  # noqa: E402
-from tasks.generate import Generator, build_messages, load_generator  # noqa: E402
+from tasks.generation.generate import Generator, build_messages, load_generator  # noqa: E402
+from tasks.indexing.embed import load_embedder, resolve_embedder  # noqa: E402
 from tasks.invariant import DECODE_TILE, EMBED_TILE, PREFILL_TILE, TiledLinear, make_batch_invariant  # noqa: E402
 
 

@@ -32,7 +32,7 @@ SHAPES = {
 
 
 def demo_texts(n: int) -> list[str]:
-    from tasks.demo_data import build_demo_corpus
+    from tasks.demo.corpus import build_demo_corpus
 
     corpus = build_demo_corpus() / "helm_models.jsonl"
     texts = [json.loads(line)["text"] for line in corpus.read_text().splitlines() if line.strip()]
@@ -74,7 +74,7 @@ def main() -> None:
     from sentence_transformers import SentenceTransformer
 
     from tasks.device import default_device
-    from tasks.embed import Embedder, resolve_embedder
+    from tasks.indexing.embed import Embedder, resolve_embedder
 
     device = args.device or default_device()
     texts = (

@@ -3,7 +3,7 @@
 The SQuAD store's live chunks are re-embedded in float32 and in bfloat16 with the same embedder; every
 SQuAD-dev question is embedded both ways too. Reported: per-row cosine between the two (passages and
 queries), recall@10 of the gold paragraph for fp32 queries on fp32 rows vs bf16 queries on bf16 rows, and
-the speed of each. The bar (issue 9): cosine >= 0.999 and recall@10 unchanged; ``tasks/embed.py``'s
+the speed of each. The bar (issue 9): cosine >= 0.999 and recall@10 unchanged; ``tasks/indexing/embed.py``'s
 ``CPU_BF16_EMBEDDING`` follows the verdict.
 
     python benchmarks/embed_dtype.py --store STORE [--questions 2000]
@@ -26,11 +26,11 @@ from storage.paths import configure_environment  # noqa: E402
 
 configure_environment()
 
-from storage.store import Store  # noqa: E402
-from tasks.datasets import load_eval_dataset  # noqa: E402
+from storage.store import open_store  # noqa: E402
 from tasks.device import cpu_has_native_bf16  # noqa: E402
-from tasks.embed import Embedder  # noqa: E402
-from tasks.retrieve import embedder_for_store, load_dense_index  # noqa: E402
+from tasks.evaluation.datasets import load_eval_dataset  # noqa: E402
+from tasks.indexing.embed import Embedder  # noqa: E402
+from tasks.retrieval.search import embedder_for_store, load_dense_index  # noqa: E402
 
 
 def main() -> None:
@@ -41,7 +41,7 @@ def main() -> None:
     args = ap.parse_args()
 
     config = embedder_for_store(args.store, None)
-    index = load_dense_index(Store(args.store), "cpu")
+    index = load_dense_index(open_store(args.store), "cpu")
     texts = index.chunks["text"].to_pylist()
     docs = index.chunks["doc_id"].to_pylist()
     ds = load_eval_dataset("squad")

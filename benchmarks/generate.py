@@ -39,8 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from storage.paths import models_dir  # noqa: E402
 from tasks.device import default_device  # noqa: E402
-from tasks.generate import Generator, build_messages, load_generator  # noqa: E402
-from tasks.prepare import packaged_generator  # noqa: E402
+from tasks.generation.generate import Generator, build_messages, load_generator  # noqa: E402
+from tasks.models.prepare import packaged_generator  # noqa: E402
 
 # Configurations of the packaged generators (as converted from their GGUFs), for --random-weights on
 # machines that do not have the weights.

@@ -19,13 +19,13 @@ import torch
 
 from flows.index import run_index
 from storage.paths import demo_dir
-from tasks.demo_data import DEMO_QUESTIONS, build_demo_corpus
+from tasks.demo.corpus import DEMO_QUESTIONS, build_demo_corpus
 from tasks.device import cpu_has_native_bf16, default_device
-from tasks.generate import load_generator
-from tasks.prepare import packaged_generator, packaged_gguf
-from tasks.prompts import get_prompt
-from tasks.questions import load_questions
-from tasks.retrieve import search
+from tasks.generation.generate import load_generator
+from tasks.generation.prompts import get_prompt
+from tasks.ingest.questions import load_questions
+from tasks.models.prepare import packaged_generator, packaged_gguf
+from tasks.retrieval.search import search
 
 OLD = {"dtype": "float32", "batch_size": 16, "token_budget": 10**9, "max_pad_ratio": float("inf")}
 NEW = {"dtype": "auto"}

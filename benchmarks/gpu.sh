@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # GPU readiness (issue 9, item 6): every GPU measurement of ragbatch in at most 8 minutes on one GPU (sized for an
 # NVIDIA H200), with random-weight models of the real shapes (no model hub, no network, no weights travel):
-#   embed     ragbatch's Embedder (tasks/embed.py) fp16 vs sentence-transformers fp16, BERT of all-MiniLM-L6-v2's
+#   embed     ragbatch's Embedder (tasks/indexing/embed.py) fp16 vs sentence-transformers fp16, BERT of all-MiniLM-L6-v2's
 #             shape (6 layers, mean pooling) and of bge-small's (12 layers, CLS): passages/s and the ratio
-#   search    exact dense search (tasks/retrieve.py DenseIndex.search: matmul + topk per shard, exact merge) at 1M
+#   search    exact dense search (tasks/retrieval/search.py DenseIndex.search: matmul + topk per shard, exact merge) at 1M
 #             and 10M x 384 rows, fp16 and bf16: queries/s, GB/s and the share of the device's memory bandwidth;
 #             FAISS GpuIndexFlatIP too where faiss has GPU support (skipped with a message otherwise)
-#   generate  Generator.generate_ids (tasks/generate.py), batched, vs one plain HF model.generate per prompt, random
+#   generate  Generator.generate_ids (tasks/generation/generate.py), batched, vs one plain HF model.generate per prompt, random
 #             Qwen2ForCausalLM of Qwen2.5-0.5B's and 1.5B's shapes, bf16, 40-token no-RAG and ~600-token RAG prompts
 # Each part runs in its own process under its own time cap (a part that fails or hits its cap does not stop the
 # others; rows it finished are kept), then a summary table is printed. With $OUT set (the device tool sets it),
@@ -82,7 +82,7 @@ main() {
   run_part() {  # run_part NAME CAP
     local name=$1 cap=$2 rc
     echo; echo "=== $name (cap ${cap}s, $((SECONDS))s elapsed) ==="
-    timeout -k 5 "$cap" "$PY" benchmarks/gpu.py "$name" --results "$RES" --budget $((cap > 20 ? cap - 8 : cap)) $SMOKE_ARG
+    timeout -k 5 "$cap" "$PY" benchmarks/gpu/main.py "$name" --results "$RES" --budget $((cap > 20 ? cap - 8 : cap)) $SMOKE_ARG
     rc=$?
     case $rc in
       0) ;;
@@ -103,7 +103,7 @@ main() {
   run_part search "$CAP_SEARCH"
   left=$((TOTAL - SECONDS - CAP_REPORT - 5))
   run_part generate $((left < CAP_GEN ? (left > 30 ? left : 30) : CAP_GEN))
-  timeout -k 5 "$CAP_REPORT" "$PY" benchmarks/gpu.py report --results "$RES" --status "${STATUS[@]}"
+  timeout -k 5 "$CAP_REPORT" "$PY" benchmarks/gpu/main.py report --results "$RES" --status "${STATUS[@]}"
   echo "total ${SECONDS}s; parts: ${STATUS[*]}; results in $RES"
   local bad=0 s
   for s in "${STATUS[@]}"; do [ "${s#*=}" = 0 ] || bad=1; done

@@ -59,7 +59,7 @@ def build_corpus(folder: Path, source: str, n: int) -> list[Path]:
     """Write the corpus as one file per document; returns the files (the ones a change edits)."""
     folder.mkdir(parents=True, exist_ok=True)
     if source == "demo":
-        from tasks.demo_data import build_demo_corpus
+        from tasks.demo.corpus import build_demo_corpus
 
         lines = [json.loads(x) for x in (build_demo_corpus() / "helm_models.jsonl").read_text().splitlines() if x]
         texts = [d["text"] for d in lines][:n]
@@ -129,7 +129,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from flows.index import run_index
-    from storage.store import Store
+    from storage.store import open_store
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="ragbatch-incr-"))
     shutil.rmtree(work / "store", ignore_errors=True)
@@ -163,7 +163,7 @@ def main() -> None:
         b_incr.append(rep.seconds)
         print(f"round {r + 1}: nothing changed {t_noop[-1]:.2f}s (flow body {b_noop[-1]:.2f}s); {len(picked)} "
               f"changed ({rep.chunks_embedded} chunks embedded) {t:.2f}s (flow body {rep.seconds:.2f}s)")
-    problems = Store(work / "store").verify().problems
+    problems = open_store(work / "store").verify().problems
     assert not problems, problems
     noop, incr = statistics.median(t_noop), statistics.median(t_incr)
     bnoop, bincr = statistics.median(b_noop), statistics.median(b_incr)

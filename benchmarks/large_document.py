@@ -22,8 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 CHUNK = """
 import json, resource, sys, time
-from tasks.chunk import ChunkSettings, chunk_text
-from tasks.embed import load_embedder, resolve_embedder
+from tasks.ingest.chunk import ChunkSettings, chunk_text
+from tasks.indexing.embed import load_embedder, resolve_embedder
 cfg = resolve_embedder("all-MiniLM-L6-v2")
 tok = load_embedder(cfg, "cpu").tokenizer
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -1,7 +1,7 @@
 """Loading throughput (pages/s, MB/s) of a generated 200-page PDF and 1,000 HTML pages, next to embedding.
 
 The goal of issue 12: loading is never more than 10% of index wall time. Both corpora are generated here
-(fpdf2, tasks/demo_docs.py); each is loaded through the project's own loaders (tasks/loaders/), chunked with
+(fpdf2, tasks/demo/docs.py); each is loaded through the project's own loaders (tasks/ingest/loaders/), chunked with
 the embedder's tokenizer, and a sample of its chunks is embedded to give chunks/s, from which the share of
 loading in load + chunk + embed is computed. BeautifulSoup + markdownify (when installed) is measured on
 the same HTML as the peer the HTML loader was chosen against.
@@ -24,10 +24,10 @@ from storage.paths import configure_environment  # noqa: E402
 
 configure_environment()
 
-from tasks.chunk import ChunkSettings, chunk_document  # noqa: E402
-from tasks.demo_docs import html_page, pdf_bytes  # noqa: E402
-from tasks.embed import load_embedder, resolve_embedder  # noqa: E402
-from tasks.loaders import loader_for  # noqa: E402
+from tasks.demo.docs import html_page, pdf_bytes  # noqa: E402
+from tasks.indexing.embed import load_embedder, resolve_embedder  # noqa: E402
+from tasks.ingest.chunk import ChunkSettings, chunk_document  # noqa: E402
+from tasks.ingest.loaders import loader_for  # noqa: E402
 
 WORDS = ("harbour authority channel dredging budget vessel crane terminal berth cargo tide pilot quay ferry "
          "container schedule inspection safety report board").split()

@@ -20,16 +20,15 @@ of benchmarks/RESULTS.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
 import re
-import socket
 import statistics
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -44,26 +43,13 @@ WORDS = ("harbor survey archive council library station vessel river mountain re
          "restored compared estimated published northern southern winter summer tide glacier orchard").split()
 
 
-def start_s3() -> tuple[object, str]:
-    """moto's S3 server on a free loopback port; the AWS variables point every client at it."""
-    import logging
+def start_s3(stack: contextlib.ExitStack) -> str:
+    """A fresh bucket on the tests' loopback S3 server (tests/helpers.py ``loopback_s3``: moto on a free
+    127.0.0.1 port, the AWS variables pointing every client at it), up until ``stack`` closes."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from helpers import loopback_s3
 
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1",
-                      AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}", NO_PROXY="127.0.0.1")
-    import boto3
-
-    bucket = f"bench-{uuid.uuid4().hex[:8]}"
-    boto3.client("s3").create_bucket(Bucket=bucket)
-    return server, bucket
+    return stack.enter_context(loopback_s3()).bucket()
 
 
 def corpus(root: Path, n: int) -> Path:
@@ -96,9 +82,9 @@ def load_vs_shards(work: Path, bucket: str, counts: list[int], rows: int = 16384
     import pyarrow as pa
     import torch
 
-    from storage.schema import CHUNK_SCHEMA, ManifestRow
-    from storage.store import Store
-    from tasks.retrieve import load_dense_index
+    from storage.store import open_store
+    from storage.store.schema import CHUNK_SCHEMA, ManifestRow
+    from tasks.retrieval.search import load_dense_index
 
     out = []
     fp = {"id": "bench", "name": "bench", "pooling": "mean", "dim": dim}
@@ -106,7 +92,7 @@ def load_vs_shards(work: Path, bucket: str, counts: list[int], rows: int = 16384
         per = rows // n
         times = {}
         for where, loc in (("local", str(work / f"shards-{n}")), ("s3", f"s3://{bucket}/shards-{n}")):
-            st = Store(loc)
+            st = open_store(loc)
             writes = []
             for s in range(n):
                 ids = [f"d{s}-{j}" for j in range(per)]
@@ -122,8 +108,8 @@ def load_vs_shards(work: Path, bucket: str, counts: list[int], rows: int = 16384
                                    embedder="bench", chunking="c", status="indexed", indexed_at=0.0) for d in ids]
                 writes.append(st.write_shard(emb, chunks, man))
             st.commit(fp, dim, writes)
-            times[where] = statistics.median(timed(lambda loc=loc: load_dense_index(Store(loc), "cpu", check_sha=True))
-                                             for _ in range(3))
+            times[where] = statistics.median(
+                timed(lambda loc=loc: load_dense_index(open_store(loc), "cpu", check_sha=True)) for _ in range(3))
         out.append({"shards": n, "rows_per_shard": per, "local_s": times["local"], "s3_s": times["s3"]})
         print(f"load {n:>3} shards × {per} rows: local {times['local']:.3f}s, s3 {times['s3']:.3f}s", flush=True)
     return out
@@ -147,12 +133,13 @@ def main() -> None:
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
 
-    server, bucket = start_s3()
+    stack = contextlib.ExitStack()
+    bucket = start_s3(stack)
     from flows.answer import run_answer
     from flows.index import run_index
     from flows.runners import prefect_api
     from tasks.config import GenerationConfig
-    from tasks.retrieve import _INDEX_CACHE, open_index
+    from tasks.retrieval.search import clear_index_cache, open_index
 
     work = Path(tempfile.mkdtemp(prefix="ragbatch-objstore-"))
     docs, qfile = corpus(work / "docs", args.n), questions(work / "q.jsonl", args.questions)
@@ -169,7 +156,7 @@ def main() -> None:
                 r = run_index(docs, loc, batch_docs=args.batch_docs)
                 rows[f"index_{where}"].append(time.perf_counter() - t0)
                 chunks = r.live_chunks
-                _INDEX_CACHE.clear()
+                clear_index_cache()
                 rows[f"load_{where}"].append(timed(lambda loc=loc: open_index(loc, "cpu")))
                 if rep == 0:  # the generator's first load is not the store's cost
                     run_answer(qfile, loc, work / f"warm-{where}.parquet", k=5, generation=gs, retriever="hybrid",
@@ -181,7 +168,7 @@ def main() -> None:
                       f"{rows[f'load_{where}'][-1]:.3f}s, answer {rows[f'answer_{where}'][-1]:.1f}s", flush=True)
         counts = [int(x) for x in args.shard_counts.split(",")]
         shards = load_vs_shards(work, bucket, counts)
-    server.stop()
+    stack.close()
     med = {k: statistics.median(v) for k, v in rows.items()}
     ratio_i, ratio_a = med["index_s3"] / med["index_local"], med["answer_s3"] / med["answer_local"]
     print(f"index ratio {ratio_i:.2f} (goal ≤ 1.3), answer ratio {ratio_a:.2f} (goal ≤ 1.1)")

@@ -59,17 +59,17 @@ def direct_index(docs: str, store: str, batch_docs: int) -> int:
     from prefect.logging import disable_run_logger
 
     from flows.index import compact_task, embed_batch_task, load_task, plan_task, resolve_task
-    from storage.store import Store
-    from tasks.chunk import ChunkSettings
+    from storage.store import open_store
     from tasks.config import IndexConfig
-    from tasks.indexing import compaction_due
+    from tasks.indexing.plan import compaction_due
+    from tasks.ingest.chunk import ChunkSettings
 
     ic = IndexConfig()
     settings = ChunkSettings(ic.chunk_tokens, ic.overlap_tokens)
     with disable_run_logger():
         config = resolve_task.fn(ic.embedder)
         loaded = load_task.fn(docs, ic.follow_symlinks)
-        st = Store(store)
+        st = open_store(store)
         with st.lock():
             plan = plan_task.fn(store, loaded, config, settings)
             by_id = {d.doc_id: d for d in loaded.documents}
@@ -100,7 +100,7 @@ def direct_answer(questions: str, store: str, out: str, generator: str, k: int, 
         write_task,
     )
     from tasks.config import GenerationConfig, RetrievalConfig
-    from tasks.retrieve import embedder_for_store
+    from tasks.retrieval.search import embedder_for_store
 
     rc, gs = RetrievalConfig(k=k), GenerationConfig(generator=generator, max_new_tokens=max_new_tokens)
     with disable_run_logger():
@@ -165,9 +165,9 @@ def main() -> None:
 
     from flows.runners import prefect_api
     from tasks.config import DEFAULT_EMBEDDER
-    from tasks.demo_data import DEMO_QUESTIONS, build_demo_corpus
-    from tasks.embed import load_embedder, resolve_embedder
-    from tasks.generate import load_generator
+    from tasks.demo.corpus import DEMO_QUESTIONS, build_demo_corpus
+    from tasks.generation.generate import load_generator
+    from tasks.indexing.embed import load_embedder, resolve_embedder
 
     info = {"machine": machine(), "settings": vars(a) | {"json": str(a.json)}}
     docs = str(build_demo_corpus())
@@ -223,7 +223,7 @@ def main() -> None:
             print(json.dumps(info["overhead"], indent=1), flush=True)
 
         # Dask: index throughput with 1 and 2 local workers, next to the thread runner (same batches).
-        from storage.store import Store
+        from storage.store import open_store
 
         dask = []
         for kind, workers in [("threads", 0)] + [("dask", w) for w in a.dask_workers]:
@@ -231,7 +231,7 @@ def main() -> None:
             kw = {"runner": "dask", "dask_workers": workers} if kind == "dask" else {}
             try:
                 chunks, secs = timed(prefect_index, docs, store, a.dask_batch_docs, **kw)
-                problems = Store(store).verify().problems
+                problems = open_store(store).verify().problems
                 err = None
             except Exception as exc:  # noqa: BLE001 - recorded, the benchmark goes on
                 chunks, secs, problems, err = 0, float("nan"), [], f"{type(exc).__name__}: {exc}"

@@ -1,9 +1,9 @@
-"""Prompt tuning on SQuAD-dev: every template of ``tasks/prompts.toml``, with and without snapping, measured.
+"""Prompt tuning on SQuAD-dev: every template of ``tasks/generation/prompts.toml``, with and without snapping, measured.
 
 The tuning sample is drawn from the SQuAD-dev questions that are **not** in the reported sample (``eval squad
 --sample 300 --seed 0``), so the prompt is never chosen on the questions it is reported on. Retrieval runs once
 (hybrid top-k, the project's own ``search``); each template then answers the same questions with the same
-passages through the project's own batched generation. Snapping (``tasks/snap.py``) is scored on the same
+passages through the project's own batched generation. Snapping (``tasks/generation/snap.py``) is scored on the same
 outputs, so it costs no extra generation.
 
     python benchmarks/prompts.py --store STORE --generator qwen2.5-0.5b --questions 40
@@ -26,13 +26,14 @@ from storage.paths import configure_environment  # noqa: E402
 
 configure_environment()
 
-from tasks.cite import split_citations  # noqa: E402
-from tasks.datasets import load_eval_dataset  # noqa: E402
-from tasks.generate import load_generator  # noqa: E402
-from tasks.metrics import contains_gold, exact_match, support, token_f1  # noqa: E402
-from tasks.prompts import load_prompts  # noqa: E402
-from tasks.retrieve import search  # noqa: E402
-from tasks.snap import snap_answer  # noqa: E402
+from tasks.evaluation.datasets import load_eval_dataset  # noqa: E402
+from tasks.evaluation.metrics import contains_gold, exact_match, token_f1  # noqa: E402
+from tasks.generation.cite import split_citations  # noqa: E402
+from tasks.generation.generate import load_generator  # noqa: E402
+from tasks.generation.prompts import load_prompts  # noqa: E402
+from tasks.generation.snap import snap_answer  # noqa: E402
+from tasks.retrieval.search import search  # noqa: E402
+from tasks.text import support  # noqa: E402
 
 
 def tuning_sample(n: int, seed: int, report_sample: int = 300, report_seed: int = 0):
@@ -57,7 +58,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--store", required=True, help="a store indexed from SQuAD-dev (ragbatch eval squad ...)")
     ap.add_argument("--generator", default="qwen2.5-coder-0.5b-instruct")
-    ap.add_argument("--prompts", nargs="*", help="template names (default: all in tasks/prompts.toml)")
+    ap.add_argument("--prompts", nargs="*", help="template names (default: all in tasks/generation/prompts.toml)")
     ap.add_argument("--questions", type=int, default=40)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("-k", type=int, default=5)

@@ -5,7 +5,7 @@
     python benchmarks/quantize.py --rows 2000000 --device cuda                       # GPU
 
 Our variants (``--matrix-dtype`` float16 / bfloat16 / int8, ``--retriever ann``) run through the same
-DenseIndex / HNSWIndex code the retrievers use. FAISS peers in the same run: IndexFlatIP (exact float32) and
+LoadedGeneration / HNSWIndex code the retrievers use. FAISS peers in the same run: IndexFlatIP (exact float32) and
 IndexScalarQuantizer 8-bit (int8 storage). Recall@10 is the share of the exact float32 top-10 that a variant
 returns; the issue's bar for a stored reduced-precision matrix is >= 0.99.
 """
@@ -23,8 +23,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tasks.ann import HNSWIndex  # noqa: E402
-from tasks.loaded import DenseIndex, RowPacker  # noqa: E402
+from tasks.retrieval.backends.ann import HNSWIndex  # noqa: E402
+from tasks.retrieval.loaded_index import LoadedGeneration, RowPacker  # noqa: E402
 
 
 class _Rows:
@@ -32,13 +32,13 @@ class _Rows:
         self.num_rows = n
 
 
-def _packed(parts: list[torch.Tensor], device: str, matrix_dtype: str) -> DenseIndex:
+def _packed(parts: list[torch.Tensor], device: str, matrix_dtype: str) -> LoadedGeneration:
     """The parts (store shards) held as ``matrix_dtype`` and packed the way ``load_dense_index`` packs them."""
     packer = RowPacker(sum(p.shape[0] for p in parts), device, matrix_dtype)
     for p in parts:
         packer.add(p)
     blocks, scales, offsets = packer.matrices()
-    return DenseIndex(None, 1, {}, blocks, offsets, _Rows(packer.rows), scales)
+    return LoadedGeneration(None, 1, {}, blocks, offsets, _Rows(packer.rows), scales)
 
 
 def _recall(rows: torch.Tensor, exact: torch.Tensor) -> float:
@@ -58,12 +58,12 @@ def _timed(fn, repeats: int, device: str):
 
 
 def _real(store: str, n_questions: int) -> tuple[torch.Tensor, torch.Tensor, str]:
-    from storage.store import Store
-    from tasks.datasets import load_eval_dataset
-    from tasks.embed import load_embedder, resolve_embedder
-    from tasks.retrieve import load_dense_index
+    from storage.store import open_store
+    from tasks.evaluation.datasets import load_eval_dataset
+    from tasks.indexing.embed import load_embedder, resolve_embedder
+    from tasks.retrieval.search import load_dense_index
 
-    idx = load_dense_index(Store(store), "cpu", matrix_dtype="float32")
+    idx = load_dense_index(open_store(store), "cpu", matrix_dtype="float32")
     x = torch.cat(idx.shards)
     ds = load_eval_dataset("squad", limit=n_questions)
     emb = load_embedder(resolve_embedder(idx.embedder["name"]), "cpu")

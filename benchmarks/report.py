@@ -4,9 +4,9 @@
 
 Rows have the answer table's real shape and SQuAD v1.1 dev text: each question's gold paragraph plus k-1 other
 paragraphs as its passages, its gold answer as the RAG answer and another question's answer as the no-RAG one.
-For 1/10, 1/4, 1/2 and all of the questions it times preparing the data (tasks/report.py), rendering
-(storage/report_html.py) and writing, and the peer measured in the same run: writing the same rows as the
-Parquet result table (storage/results.py). ``--browser`` opens the largest report from file:// in Debian's
+For 1/10, 1/4, 1/2 and all of the questions it times preparing the data (tasks/reporting/cards.py), rendering
+(storage/reports/html.py) and writing, and the peer measured in the same run: writing the same rows as the
+Parquet result table (storage/runs/results.py). ``--browser`` opens the largest report from file:// in Debian's
 chromium and times the first cards, the "changed only" filter and a text search.
 """
 
@@ -24,10 +24,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from storage.report_html import render_answer_report  # noqa: E402
-from storage.results import write_results  # noqa: E402
-from tasks.datasets import fetch_squad_dev  # noqa: E402
-from tasks.report import build_report  # noqa: E402
+from storage.reports.html import render_answer_report  # noqa: E402
+from storage.runs.results import write_results  # noqa: E402
+from tasks.evaluation.datasets import fetch_squad_dev  # noqa: E402
+from tasks.reporting.cards import build_report  # noqa: E402
 
 
 def squad_rows(n: int, k: int, seed: int = 0, distinct: bool = False) -> list[dict]:

@@ -5,7 +5,8 @@
     python benchmarks/search.py --rows 5000000 --device cuda --dtype float16   # GPU
 
 For each size, random unit vectors are split into ``--shards`` store shards and packed the way
-``load_dense_index`` packs them (tasks/loaded.py), then ours and FAISS are timed alternately in the same run
+``load_dense_index`` packs them (tasks/retrieval/loaded_index.py), then ours and FAISS are timed alternately in the
+same run
 (best of ``--repeats``), so both see the same machine load. Prints queries/s of both, the ratio, whether the
 results are equal (ids; scores within 1e-5), and the 1-minute load average before and after each size.
 On a GPU it also reports the achieved bandwidth: bytes of the matrix read per query batch / time.
@@ -24,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tasks.loaded import DenseIndex, RowPacker  # noqa: E402
+from tasks.retrieval.loaded_index import LoadedGeneration, RowPacker  # noqa: E402
 
 
 def main() -> None:
@@ -63,7 +64,7 @@ def _one_size(args: argparse.Namespace, rows: int, faiss) -> None:
     for i in range(0, rows, per):
         packer.add(x[i : i + per])
     blocks, scales, offsets = packer.matrices()
-    index = DenseIndex(None, 1, {}, blocks, offsets, _Rows(rows), scales)  # search needs only chunks.num_rows
+    index = LoadedGeneration(None, 1, {}, blocks, offsets, _Rows(rows), scales)  # search needs only chunks.num_rows
     qd = q.to(args.device)
 
     def ours():

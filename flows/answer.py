@@ -17,22 +17,23 @@ from prefect.cache_policies import NO_CACHE
 from flows.naming import run_name
 from flows.runners import in_order
 from flows.stopping import stop_between_batches
-from storage.lock import output_lock
 from storage.outputs import check_outputs
-from storage.report_html import report_path, write_answer_report
-from storage.results import ResultParts, ResultRow, answer_outputs, write_results
-from storage.store import Store
-from tasks.cite import cite_columns, cited_where, strip_citations
+from storage.reports.html import report_path, write_answer_report
+from storage.reports.markdown import answers_markdown
+from storage.runs.results import ResultParts, ResultRow, answer_outputs, write_results
+from storage.store import open_store
+from storage.store.lock import output_lock
 from tasks.config import GenerationConfig, RetrievalConfig, apply_changes, to_dict, with_changes
 from tasks.device import default_device, dtype_name
-from tasks.embed import EmbedderConfig, embedding_dtype
-from tasks.generate import dual_generate, load_generator
-from tasks.metrics import answers_differ
-from tasks.prompts import get_prompt
-from tasks.questions import Question, QuestionStream
-from tasks.report import build_report
-from tasks.retrieve import SearchResult, embedder_for_store, search
-from tasks.snap import snap_answer
+from tasks.generation.cite import cite_columns, strip_citations
+from tasks.generation.generate import dual_generate, load_generator
+from tasks.generation.prompts import get_prompt
+from tasks.generation.snap import snap_answer
+from tasks.indexing.embed import EmbedderConfig, embedding_dtype
+from tasks.ingest.questions import Question, QuestionStream
+from tasks.reporting.cards import build_report
+from tasks.retrieval.search import SearchResult, embedder_for_store, search
+from tasks.text import answers_differ
 
 
 @dataclass
@@ -120,10 +121,8 @@ def generate_task(
     gen = load_generator(settings.generator, device, settings.dtype)
     contexts = [list(zip(h.doc_ids, h.texts, strict=True)) for h in hits]
     texts = [q.question for q in questions]
-    no_rag, raw = dual_generate(gen, texts, contexts, max_new_tokens=settings.max_new_tokens,
-                                batch_size=settings.batch_size, prompt=settings.prompt,
-                                token_budget=settings.token_budget)
-    clean = strip_citations(raw, hits)  # "[2]" marks are citations (tasks/cite.py), not answer text
+    no_rag, raw = dual_generate(gen, texts, contexts, settings)
+    clean = strip_citations(raw, hits)  # "[2]" marks are citations (tasks/generation/cite.py), not answer text
     rag = ([snap_answer(a, q, h.texts) for a, q, h in zip(clean, texts, hits, strict=True)] if settings.snap
            else clean)
     stats = gen.last_stats.as_dict()
@@ -141,7 +140,7 @@ def answer_batch_task(
     if retrieval.retriever == "dense" and not retrieval.rerank:
         dense = [h.scores for h in hits]  # already cosines
     else:  # RRF, BM25 and reranker scores mean nothing to a reader: the report shows the cosine beside them
-        from tasks.cosines import dense_cosines
+        from tasks.retrieval.cosines import dense_cosines
 
         dense = dense_cosines(store, [q.question for q in questions], [h.chunk_ids for h in hits], device=device,
                               matrix_dtype=retrieval.matrix_dtype, embedder_config=embedder)
@@ -170,7 +169,8 @@ def write_task(out: str, rows: list[ResultRow], config: dict[str, Any]) -> str:
 @task(name="write-report", cache_policy=NO_CACHE)
 def report_task(out: str, rows: list[ResultRow], config: dict[str, Any],
                 labels: dict[str, dict[str, Any]] | None = None) -> tuple[str, list[tuple[str, str]]]:
-    """RESULTS.report.html beside the table (tasks/report.py prepares, storage/report_html.py renders); returns
+    """RESULTS.report.html beside the table (tasks/reporting/cards.py prepares, storage/reports/html.py renders);
+    returns
     its path and the summary rows, or ("", []) when it could not be written: the table is already safe, and a
     derived page must not fail an hour of answering."""
     t0 = time.perf_counter()
@@ -213,15 +213,16 @@ def answer_flow(
     t0 = time.perf_counter()
     logger = get_run_logger()
     check_outputs(answer_outputs(out), inputs=questions, stores=[store])  # before any work (storage/outputs.py)
-    stream = QuestionStream(questions)  # every file checked now; read batch by batch below (tasks/questions.py)
+    stream = QuestionStream(questions)  # every file checked now; read batch by batch below (tasks/ingest/questions.py)
     with (output_lock(Path(out).expanduser().resolve(), lock_wait_s),  # a second run on OUT: refused or waits
           stop_between_batches("the answer run") as stop):  # SIGTERM / SIGINT: stop after the current batch
         config = embedder_for_store(store, rc.embedder)  # refuses a store built by another embedder, up front
         report = AnswerReport(out=str(Path(out).expanduser().resolve()), question_errors=stream.errors)
-        meta = Store(store).meta()
+        meta = open_store(store).meta()
         parts = ResultParts(report.out)
-        settings = {"store": store, "generation": meta.generation, "embedder": config.fingerprint.get("id"),
-                    "retrieval": to_dict(rc), "generation_settings": to_dict(gs)}
+        # what a kept batch depends on (its key): the store generation answered at and every setting
+        settings = {"store": store, "store_generation": meta.generation, "embedder": config.fingerprint.get("id"),
+                    "retrieval": to_dict(rc), "generation": to_dict(gs)}
         slots: list[list[ResultRow]] = []
 
         def todo() -> Iterator[tuple[int, list[Question], str]]:
@@ -275,35 +276,6 @@ def answer_flow(
         create_table_artifact(key="answers-summary", table=[{"measure": n, "value": v} for n, v in summary_rows],
                               description=f"What retrieval changed: {report.out}")
         return report
-
-
-def answers_markdown(rows: list[ResultRow], limit: int = 50, report: str | None = None) -> str:
-    """A Markdown table of the with/without answers (for the Prefect UI); every cell escaped (storage/escape.py).
-
-    ``report``: the HTML report's path, linked above the table (a browser opens it from a file:// link only when
-    the UI itself is not served over http, so the path is shown too).
-    """
-    from urllib.parse import quote
-
-    from storage.escape import md_code, md_text
-
-    def cell(s: str) -> str:
-        return md_text(s, limit=120)
-
-    lines = []
-    if report:
-        url = "file://" + quote(str(Path(report).resolve()))
-        lines += [f"Every question with both answers, the diff and the passages: [the report]({url}) "
-                  f"{md_code(report)}", ""]
-    lines += ["| id | question | without retrieval | with retrieval | differ | cites (else top doc) |",
-              "|---|---|---|---|---|---|"]
-    for r in rows[:limit]:
-        top = cited_where(r.citations) or (r.doc_ids[0] if r.doc_ids else "")  # e.g. [2] a.pdf p. 3
-        lines.append(f"| {cell(r.question_id)} | {cell(r.question)} | {cell(r.no_rag_answer)} | "
-                     f"{cell(r.rag_answer)} | {'yes' if r.answers_differ else 'no'} | {cell(top)} |")
-    if len(rows) > limit:
-        lines.append(f"\n… {len(rows) - limit} more rows in the Parquet table")
-    return "\n".join(lines)
 
 
 def run_answer(

@@ -18,13 +18,20 @@ from flows.index import index_flow
 from flows.naming import run_name
 from storage.atomic import write_bytes_atomic
 from storage.outputs import check_outputs
-from storage.reports import VERDICTS, metric_table, write_eval_report
-from storage.results import ResultRow, read_results
+from storage.reports.eval import metric_table, write_eval_report
+from storage.runs.results import ResultRow, read_results
 from tasks.config import GenerationConfig, IndexConfig, RetrievalConfig, apply_changes, to_dict, with_changes
-from tasks.datasets import EvalDataset, EvalQuestion, load_eval_dataset
-from tasks.evaluate import ChunkRef, recall_curve, relevant_chunks, score_question, score_retrieval, summarize
-from tasks.prompts import get_prompt
-from tasks.retrieve import chunks_of_documents, deep_search, search
+from tasks.evaluation.datasets import EvalDataset, EvalQuestion, load_eval_dataset
+from tasks.evaluation.evaluate import (
+    ChunkRef,
+    examples_by_verdict,
+    recall_curve,
+    relevant_chunks,
+    score_all,
+    summarize,
+)
+from tasks.generation.prompts import get_prompt
+from tasks.retrieval.search import chunks_of_documents, deep_search, search
 
 
 @dataclass
@@ -50,7 +57,7 @@ def deep_retrieval_task(store: str, questions: list[EvalQuestion], depth: int, r
     """The ranking to ``depth`` for every question, and all indexed chunks of its evidence documents.
 
     With a reranker, its top ``rerank_depth`` come first, followed by the rest of the retriever's ranking
-    (tasks.retrieve.deep_search: the base retriever runs once).
+    (tasks.retrieval.search.deep_search: the base retriever runs once).
     """
     results, _ = deep_search(store, [q.question for q in questions], retrieval, depth=depth, device=device)
     rankings = [[ChunkRef(c, d, s, e, t) for c, d, (s, e), t in zip(r.chunk_ids, r.doc_ids, r.spans, r.texts,
@@ -122,16 +129,7 @@ def eval_flow(
         ans = answer_flow([str(qfile)], store, str(out / "answers.parquet"), rc, gs, device=device)
     rankings, evidence = deep_retrieval_task(store, ds.questions, max(depth, max(ks), rc.k), rc, device)
     by_id = {r["question_id"]: r for r in read_results(ans.out).to_pylist()} if ans else {}
-    rows = []
-    for q, ranking, ev in zip(ds.questions, rankings, evidence, strict=True):
-        if ans is None:
-            rows.append(score_retrieval(q, ranking, ev, ks).to_record())
-            continue
-        a = by_id[q.id]
-        text_of = {c.chunk_id: c for c in ranking + ev}
-        context = [text_of.get(cid) or ChunkRef(cid, d, 0, 0, t)
-                   for cid, d, t in zip(a["chunk_ids"], a["doc_ids"], a["chunk_texts"], strict=True)]
-        rows.append(score_question(q, ranking, ev, context, a["no_rag_answer"], a["rag_answer"], ks).to_record())
+    rows = score_all(ds.questions, rankings, evidence, by_id if ans else None, ks)
     summary = summarize(rows, ks)
     if rc.retriever == "ann" or rc.matrix_dtype not in ("auto", "float32"):
         summary["recall@10 vs exact dense"] = dense_agreement_task(
@@ -139,7 +137,7 @@ def eval_flow(
     relevants = [relevant_chunks(q, ev) | relevant_chunks(q, rk)
                  for q, rk, ev in zip(ds.questions, rankings, evidence, strict=True)]
     curve = recall_curve([[c.chunk_id for c in rk] for rk in rankings], relevants, max(depth, max(ks)))
-    examples = _examples(rows, by_id) if ans else {}
+    examples = examples_by_verdict(rows, by_id) if ans else {}
     config = {"flow": "evaluate", "dataset": ds.name, "dataset_notes": ds.notes, "questions": len(rows),
               "store": store, "retriever": rc.retriever, "rerank": rc.rerank, "embedder": ic.embedder,
               "generator": gs.generator, "context_k": rc.k, "ks": ks, "indexing": to_dict(ic),
@@ -160,18 +158,6 @@ def eval_flow(
     get_run_logger().info("evaluation: %s", {k: round(v, 3) if isinstance(v, float) else v
                                               for k, v in summary.items()})
     return EvalReport(str(out), summary, {k: str(v) for k, v in files.items()}, time.perf_counter() - t0)
-
-
-def _examples(rows: list[dict[str, Any]], answers: dict[str, dict], per: int = 3) -> dict[str, list[dict]]:
-    out: dict[str, list[dict]] = {}
-    for v in VERDICTS:
-        for r in [r for r in rows if r["verdict"] == v][:per]:
-            a = answers[r["question_id"]]
-            out.setdefault(v, []).append({
-                "question": r["question"], "gold_answers": r["gold_answers"], "no_rag_answer": r["no_rag_answer"],
-                "rag_answer": r["rag_answer"], "chunks": list(zip(a["chunk_ids"], a["chunk_texts"], strict=True)),
-            })
-    return out
 
 
 def run_eval(dataset: str, store: str | Path, out_dir: str | Path, **kw) -> EvalReport:

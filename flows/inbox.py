@@ -14,9 +14,9 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.answer import answer_flow
 from flows.naming import run_name
-from storage.inbox import InboxFile, InboxScan, move_failed, record_answered, scan_inbox
 from storage.outputs import check_outputs
-from storage.store import Store
+from storage.runs.inbox import InboxFile, InboxScan, move_failed, record_answered, scan_inbox
+from storage.store import open_store
 from tasks.config import GenerationConfig, RetrievalConfig, apply_changes
 
 
@@ -82,7 +82,7 @@ def inbox_flow(
     t0 = time.perf_counter()
     rc, gs = apply_changes(changes, retrieval or RetrievalConfig(), generation or GenerationConfig())
     logger = get_run_logger()
-    if not Store(store).exists():  # not the files' fault: fail the run, leave the inbox alone
+    if not open_store(store).exists():  # not the files' fault: fail the run, leave the inbox alone
         raise FileNotFoundError(f"no index at {store}: run the index deployment (or `ragbatch index`) first")
     check_outputs([results], inputs=[inbox], stores=[store])  # the results folder never sits in a store or the inbox
     Path(results).mkdir(parents=True, exist_ok=True)

@@ -15,15 +15,15 @@ from prefect.cache_policies import NO_CACHE
 from flows.naming import run_name
 from flows.runners import in_order
 from flows.stopping import StopSignal, stop_between_batches
-from storage.store import CompactReport, Store
-from tasks.chunk import ChunkSettings
+from storage.store import CompactReport, open_store
 from tasks.config import IndexConfig, apply_changes
-from tasks.embed import EmbedderConfig, resolve_embedder
-from tasks.indexing import (
+from tasks.indexing.embed import EmbedderConfig, resolve_embedder
+from tasks.indexing.plan import (
     BatchResult,
     IndexPlan,
     MassRemovalError,
     chunk_and_embed,
+    commit_batches,
     compact_if_needed,
     compaction_due,
     document_batches,
@@ -31,7 +31,8 @@ from tasks.indexing import (
     plan_index,
     removal_refusal,
 )
-from tasks.load import Document, LoadResult, load_documents
+from tasks.ingest.chunk import ChunkSettings
+from tasks.ingest.load import Document, LoadResult, load_documents
 
 
 @dataclass
@@ -83,7 +84,7 @@ def resolve_task(embedder: str) -> EmbedderConfig:
 @task(name="plan", cache_policy=NO_CACHE)
 def plan_task(store: str, loaded: LoadResult, config: EmbedderConfig, settings: ChunkSettings,
               damaged_shards: set[str] = frozenset()) -> IndexPlan:
-    plan = plan_index(Store(store), loaded.documents, config, settings, loaded.failed_paths, damaged_shards)
+    plan = plan_index(open_store(store), loaded.documents, config, settings, loaded.failed_paths, damaged_shards)
     logger = get_run_logger()
     logger.info("diff: %s", plan.summary())
     if plan.rebuild_reason:
@@ -97,7 +98,7 @@ def plan_task(store: str, loaded: LoadResult, config: EmbedderConfig, settings: 
 def embed_batch_task(
     store: str, docs: list[Document], config: EmbedderConfig, settings: ChunkSettings, device: str | None
 ) -> BatchResult:
-    result = chunk_and_embed(Store(store), docs, config, settings, device=device)
+    result = chunk_and_embed(open_store(store), docs, config, settings, device=device)
     get_run_logger().info(
         "%d documents → %d chunks in %.1fs (%.1f chunks/s embedding)",
         result.documents, result.chunks, result.seconds, result.embed_per_s,
@@ -107,7 +108,7 @@ def embed_batch_task(
 
 @task(name="compact", cache_policy=NO_CACHE)
 def compact_task(store: str, compact_dead_ratio: float) -> CompactReport | None:
-    rep = compact_if_needed(Store(store), compact_dead_ratio)
+    rep = compact_if_needed(open_store(store), compact_dead_ratio)
     if rep is not None:
         get_run_logger().info(
             "compacted %d shards into %d: %d dead rows dropped, %d rows copied, %.1f MB freed, %.1fs",
@@ -137,7 +138,7 @@ def index_flow(
     compacted (``1`` never compacts). Removals are committed with the run's last batch, so a killed run
     keeps every document of the generation before it; a run that would remove more than
     ``max_removal_ratio`` of the indexed documents is refused unless ``allow_mass_removal``, and one that
-    would empty the index always is (see tasks/indexing.py ``removal_refusal``). ``repair`` verifies the store
+    would empty the index always is (see tasks/indexing/plan.py ``removal_refusal``). ``repair`` verifies the store
     first and re-embeds the documents whose shards are missing or corrupt, so a damaged store becomes consistent
     again (a plain run trusts the committed generation and does not read every shard).
     """
@@ -147,7 +148,7 @@ def index_flow(
     settings = ChunkSettings(cfg.chunk_tokens, cfg.overlap_tokens)
     config = resolve_task(cfg.embedder)
     loaded = load_task(docs_dir, cfg.follow_symlinks)
-    st = Store(store)
+    st = open_store(store)
     report = IndexReport(store=str(st.root), skipped_files=loaded.errors, dry_run=dry_run)
     with st.lock(wait_s=lock_wait_s), stop_between_batches("the index run") as stop:  # SIGTERM: after a batch
         damaged = set(st.verify().damaged_shards) if repair and st.exists() else set()
@@ -174,30 +175,12 @@ def index_flow(
         for warning in large_documents(todo):
             logger.warning(warning)
         batches = document_batches(todo, cfg.batch_docs, cfg.batch_chars)
-        fp, dim = config.fingerprint, config.dim
-        if plan.rebuild_reason:
-            # Another embedder: vectors must not mix, so the switch is one commit at the very end.
-            results = list(_run_batches(store, batches, config, settings, device, parallel_batches, stop))
-            if len(results) < len(batches):
-                raise stop.stopped("nothing was committed (a change of embedder commits only at its end)")
-            meta = st.commit(fp, dim, [r.shard for r in results], replace_all=True)
-        else:
-            meta = None
-            if not st.exists():
-                meta = st.commit(fp, dim, [])  # a new, empty index (an empty folder still gets one)
-            # Removals go with the last batch (or alone after a run with nothing to embed), never first: a run
-            # killed midway keeps every document of the generation before it (and the shards holding them).
-            removed = set(plan.removed)
-            results = []
-            for r in _run_batches(store, batches, config, settings, device, parallel_batches, stop):
-                results.append(r)
-                last = len(results) == len(batches)
-                meta = st.commit(fp, dim, [r.shard], remove_doc_ids=removed if last else frozenset())
-            if len(results) < len(batches):
-                raise stop.stopped(f"{len(results)} of {len(batches)} document batches were committed")
-            if removed and not batches:
-                meta = st.commit(fp, dim, [], remove_doc_ids=removed)
-            meta = meta or st.meta()
+        finished = _run_batches(store, batches, config, settings, device, parallel_batches, stop)
+        meta, results = commit_batches(st, plan, finished, len(batches), config.fingerprint, config.dim)
+        if len(results) < len(batches):  # stopped by a signal (flows/stopping.py)
+            raise stop.stopped("nothing was committed (a change of embedder commits only at its end)"
+                               if plan.rebuild_reason else
+                               f"{len(results)} of {len(batches)} document batches were committed")
         due = compaction_due(meta, cfg.compact_dead_ratio)
         compacted = compact_task(store, cfg.compact_dead_ratio) if due else None
         if compacted is not None:

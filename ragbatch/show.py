@@ -1,10 +1,11 @@
 """``ragbatch show RESULTS.parquet [QUESTION_ID]``: the answer report's cards in the terminal.
 
-The same data as RESULTS.report.html (tasks/report.py). Text from the results is never parsed as markup: it is
+The same data as RESULTS.report.html (tasks/reporting/cards.py). Text from the results is never parsed as markup: it is
 printed as ``rich.text.Text`` (styles attached, no markup), and error messages go through ``rich.markup.escape``,
 so a question holding ``[link=…]`` or ``[/]`` prints as written. (``escape`` alone is not enough for pieces of
 text: it doubles a trailing backslash on the assumption that a tag follows, so "C:\\" would print twice.)
-Every user string also goes through :func:`storage.escape.terminal_text` (here :func:`text` and :func:`safe`, which
+Every user string also goes through :func:`storage.reports.escape.terminal_text` (here :func:`text` and
+:func:`safe`, which
 the other commands use too): an escape sequence or a bidi override in the data is shown, never obeyed.
 """
 
@@ -20,10 +21,10 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from storage.escape import terminal_text
+from storage.reports.escape import terminal_text
 
 if TYPE_CHECKING:
-    from storage.results import ResultRow
+    from storage.runs.results import ResultRow
 
 # The same styles as the HTML page: yellow supports the RAG answer, blue is a gold answer, green is both.
 MARK_STYLES = {frozenset({"support"}): "black on yellow", frozenset({"gold"}): "black on bright_cyan",
@@ -46,7 +47,7 @@ def _clip(text: str, n: int) -> str:
 
 
 def _load(results: Path) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
-    from storage.results import config_path, read_results
+    from storage.runs.results import config_path, read_results
 
     path = results.expanduser()
     if not path.is_file():
@@ -62,7 +63,7 @@ def _load(results: Path) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
 
 def marked(text: str, marks: dict[str, list[tuple[int, int]]]) -> Text:
     """``text`` with its marked pieces styled; a ``Text`` is never parsed as markup."""
-    from tasks.diff import segments
+    from tasks.reporting.marks import segments
 
     out = Text()
     for piece, kinds in segments(text, marks):
@@ -141,7 +142,7 @@ def show(
     passages: Annotated[int, typer.Option("--passages", "-p", help="Passages to print per card")] = 3,
 ) -> None:
     """Print a result table's summary, or one question's card: both answers, the diff, the top passages."""
-    from tasks.report import ChunkTable, build_card, build_report
+    from tasks.reporting.cards import ChunkTable, build_card, build_report
 
     console = Console(emoji=False, highlight=False)
     err = Console(stderr=True, emoji=False, highlight=False)
@@ -165,7 +166,7 @@ def show(
 
 def print_answers(console: Console, rows: list[ResultRow]) -> None:
     """The with/without table that `answer` and `demo` print, one row per question."""
-    from tasks.cite import cited_where
+    from storage.reports.markdown import cited_where
 
     table = Table(title="What retrieval changed", show_lines=True, expand=True)
     table.add_column("id", no_wrap=True)

@@ -1,7 +1,7 @@
 """The store's location seam: ``--store`` is a local path, a ``file://`` URL, or an ``s3://bucket/prefix`` URL.
 
 Local locations keep the POSIX store exactly as it was (rename, fsync, flock). ``s3://`` (any S3-compatible
-endpoint) opens :class:`storage.objstore.ObjectStore`, whose commits rely on S3's conditional PUTs
+endpoint) opens :class:`storage.store.s3.S3Store`, whose commits rely on S3's conditional PUTs
 (``If-None-Match`` / ``If-Match``). Other fsspec protocols have no such primitive and are refused rather than
 made unsafe. Credentials never appear in a location: they come from the AWS environment variables,
 ``AWS_ENDPOINT_URL`` and fsspec's configuration, so a location can be saved in run configs as it is.

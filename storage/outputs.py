@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from storage.fs import is_object_url, local_path
-from storage.meta import INDEX_FILE
+from storage.store.meta import INDEX_FILE
 
 
 class OutputPathError(ValueError):

@@ -12,7 +12,7 @@ process SIGTERM there and goes on. The points
 - ``before-index-json``  ``index.json``'s temporary file is written and fsynced, not yet renamed
 - ``after-index-json``   ``index.json`` is renamed (committed), garbage not yet collected, BM25 not yet synced
 - ``after-bm25``         the BM25 index (``bm25/``) is synced to the new generation
-- ``after-result-part``  the answer flow kept a finished batch (storage/results.py)
+- ``after-result-part``  the answer flow kept a finished batch (storage/runs/results.py)
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Every setting of a run, each default written once.
 
-The CLI builds these, the flows and :func:`tasks.retrieve.search` take them, and every run's config file saves
+The CLI builds these, the flows and :func:`tasks.retrieval.search.search` take them, and every run's config file saves
 them (``ragbatch answer --config RUN.config.json`` restores them). They are frozen dataclasses of plain values
 (JSON-able, picklable for Dask), checked when built: a bad value fails before any model is loaded, with the
 setting's name in the error. This module imports nothing heavy, so any layer may import it.
@@ -42,9 +42,8 @@ class IndexConfig:
 
     def __post_init__(self) -> None:
         _positive(self, "chunk_tokens", "batch_docs", "batch_chars")
-        if not 0 <= self.overlap_tokens < self.chunk_tokens:
-            raise ConfigError(f"overlap_tokens {self.overlap_tokens}: must be between 0 and {self.chunk_tokens - 1} "
-                              "(below chunk_tokens)")
+        if problem := chunking_problem(self.chunk_tokens, self.overlap_tokens):
+            raise ConfigError(problem)
         _ratio(self, "compact_dead_ratio", "max_removal_ratio")
 
 
@@ -86,7 +85,7 @@ class GenerationConfig:
     """Everything that decides the generator's output."""
 
     generator: str = DEFAULT_GENERATOR
-    prompt: str | None = None  # a template of tasks/prompts.toml; None = its default
+    prompt: str | None = None  # a template of tasks/generation/prompts.toml; None = its default
     dtype: str = "auto"  # auto: bfloat16 on CUDA and on CPUs with native bf16 matmul, else float32
     max_new_tokens: int = 48
     batch_size: int = 16  # most prompts per generate() call
@@ -169,6 +168,19 @@ def load_run_config(path: str | Path) -> dict[str, Any]:
     raw["retrieval"] = from_dict(RetrievalConfig, raw["retrieval"], f"{path} [retrieval]")
     raw["generation"] = from_dict(GenerationConfig, raw["generation"], f"{path} [generation]")
     return raw
+
+
+MIN_CHUNK_TOKENS = 8  # a shorter chunk holds no passage worth retrieving
+
+
+def chunking_problem(chunk_tokens: int, overlap_tokens: int) -> str | None:
+    """Why chunk settings cannot work, or None: the one rule, for :class:`IndexConfig` (so the CLI refuses them up
+    front) and for the chunker's own settings (tasks/ingest/chunk.py)."""
+    if chunk_tokens < MIN_CHUNK_TOKENS:
+        return f"chunk_tokens {chunk_tokens}: must be at least {MIN_CHUNK_TOKENS}"
+    if not 0 <= overlap_tokens <= chunk_tokens // 2:
+        return f"overlap_tokens {overlap_tokens}: must be between 0 and {chunk_tokens // 2} (half of chunk_tokens)"
+    return None
 
 
 def _positive(config: object, *names: str) -> None:

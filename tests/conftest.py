@@ -24,7 +24,38 @@ from storage.paths import configure_environment  # noqa: E402
 
 configure_environment()
 
-FAST_GENERATOR = "smollm2-135m-instruct"
+SMALLEST_GENERATOR = "smollm2-135m-instruct"  # 135M parameters: the fastest packaged generator, for tests
+
+
+# Markers from what a test uses (pyproject.toml lists them): `pytest -m "not e2e"` is the quick loop.
+_FIXTURE_MARKS = {"prefect_harness": "e2e", "api_env": "e2e", "s3": "s3"}
+_STARTS_A_PROCESS = ("subprocess.", "CLI", "run_cli(", "sys.executable")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    import inspect
+
+    for item in items:
+        for fixture, mark in _FIXTURE_MARKS.items():
+            if fixture in getattr(item, "fixturenames", ()):
+                item.add_marker(mark)
+        fn = getattr(item, "function", None)
+        try:
+            source = inspect.getsource(fn) if fn is not None else ""
+        except (OSError, TypeError):
+            source = ""
+        if any(s in source for s in _STARTS_A_PROCESS):
+            item.add_marker("subprocess")
+
+
+@pytest.fixture(scope="session")
+def s3():
+    """moto's real S3 server on a loopback port for the session (tests/helpers.py ``loopback_s3``)."""
+    pytest.importorskip("moto")
+    from helpers import loopback_s3
+
+    with loopback_s3() as endpoint:
+        yield endpoint
 
 
 @pytest.fixture(scope="session")
@@ -39,21 +70,21 @@ def prefect_harness():
 @pytest.fixture(scope="session")
 def minilm():
     """The packaged all-MiniLM-L6-v2 configuration (resolved from its own sentence-transformers files)."""
-    from tasks.embed import resolve_embedder
+    from tasks.indexing.embed import resolve_embedder
 
     return resolve_embedder("all-MiniLM-L6-v2")
 
 
 @pytest.fixture(scope="session")
 def minilm_model(minilm):
-    from tasks.embed import load_embedder
+    from tasks.indexing.embed import load_embedder
 
     return load_embedder(minilm, "cpu")
 
 
 @pytest.fixture(scope="session")
 def demo_corpus() -> Path:
-    from tasks.demo_data import build_demo_corpus
+    from tasks.demo.corpus import build_demo_corpus
 
     return build_demo_corpus()
 

@@ -7,8 +7,8 @@ import shutil
 import pytest
 import torch
 
-from tasks.bm25 import BM25Index
-from tasks.fusion import rrf_fuse
+from tasks.retrieval.backends.bm25 import BM25Index
+from tasks.retrieval.fusion import rrf_fuse
 
 
 def test_rrf_equals_hand_computation():
@@ -59,7 +59,7 @@ def test_bm25_top10_agrees_with_bm25s_and_rank_bm25(demo_corpus):
     import numpy as np
     from rank_bm25 import BM25Okapi
 
-    from tasks.demo_data import DEMO_QUESTIONS
+    from tasks.demo.corpus import DEMO_QUESTIONS
 
     docs = [json.loads(x)["text"] for x in (demo_corpus / "helm_models.jsonl").read_text().splitlines()]
     qs = [json.loads(x)["question"] for x in DEMO_QUESTIONS.read_text().splitlines()]
@@ -93,16 +93,16 @@ def test_disk_bm25_follows_incremental_reindex_and_catches_up(prefect_harness, t
     """Adds, changes and removals reach the tantivy index by document id; a stale one is used by nobody."""
     from conftest import write_corpus
     from flows.index import run_index
-    from storage.bm25 import DiskBM25
-    from storage.store import Store
-    from tasks.retrieve import load_dense_index
+    from storage.store import open_store
+    from storage.store.bm25 import DiskBM25
+    from tasks.retrieval.search import load_dense_index
 
     texts = {f"d{i}.txt": f"Document {i} talks about {w} and nothing else." for i, w in
              enumerate(["aardvarks", "bicycles", "cathedrals", "dolphins", "eclipses"])}
     docs = write_corpus(tmp_path / "docs", texts)
     store = tmp_path / "store"
     first = run_index(docs, store)
-    st = Store(store)
+    st = open_store(store)
     assert (first.bm25_docs_added, first.bm25_docs_deleted, first.bm25_rebuilt) == (5, 0, True)
     assert DiskBM25(store).state() == (st.meta().generation, 5)
     idx = load_dense_index(st, "cpu")

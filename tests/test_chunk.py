@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from tasks.chunk import ChunkingError, ChunkSettings, chunk_text, content_budget
+from tasks.ingest.chunk import ChunkingError, ChunkSettings, chunk_text, content_budget
 
 
 def _long_text(n_words: int, seed: int = 0) -> str:
@@ -55,7 +55,7 @@ def test_chunk_size_beyond_the_model_is_refused(minilm, minilm_model):
 
 
 def test_embedder_refuses_to_truncate_passages(minilm_model):
-    from tasks.embed import PassageTooLongError
+    from tasks.indexing.embed import PassageTooLongError
 
     with pytest.raises(PassageTooLongError, match="exceed the embedder's max length 256"):
         minilm_model.embed_passages([_long_text(600)])

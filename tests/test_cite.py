@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import pyarrow.parquet as pq
 
-from conftest import FAST_GENERATOR
-from storage.store import Store
-from tasks.cite import citations, cite_columns, cited_where, split_citations, where
+from conftest import SMALLEST_GENERATOR
+from storage.reports.markdown import cited_where, where
+from storage.store import open_store
 from tasks.config import GenerationConfig
-from tasks.retrieve import SearchResult
+from tasks.generation.cite import citations, cite_columns, split_citations
+from tasks.retrieval.search import SearchResult
 
 
 def test_marks_are_read_and_removed_and_out_of_range_numbers_are_not_citations():
@@ -50,14 +51,15 @@ def test_without_marks_the_supporting_passages_are_cited_as_inferred():
 def test_answers_on_the_documents_demo_cite_existing_chunks_with_pages(prefect_harness, tmp_path):
     from flows.answer import run_answer
     from flows.index import run_index
-    from tasks.demo_docs import build_docs_demo
+    from tasks.demo.docs import build_docs_demo
 
     docs, questions = build_docs_demo(tmp_path)
     store, out = tmp_path / "store", tmp_path / "res.parquet"
     run_index(docs, store)
-    gs = GenerationConfig(generator=FAST_GENERATOR, prompt="extract-cite", max_new_tokens=12)
+    gs = GenerationConfig(generator=SMALLEST_GENERATOR, prompt="extract-cite", max_new_tokens=12)
     rep = run_answer(questions, store, out, k=3, generation=gs)
-    live = {c for s in Store(store).meta().shards for c in Store(store).read_chunks(s.name)["chunk_id"].to_pylist()}
+    st = open_store(store)
+    live = {c for s in st.meta().shards for c in st.read_chunks(s.name)["chunk_id"].to_pylist()}
     rows = pq.read_table(out).to_pylist()
     assert len(rows) == rep.questions == 6
     for r in rows:

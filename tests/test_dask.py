@@ -6,30 +6,10 @@ import pytest
 import torch
 
 from conftest import write_corpus
-from storage.store import Store
+from helpers import DOCS, store_content
 
+pytestmark = pytest.mark.dask
 pytest.importorskip("prefect_dask")
-
-DOCS = {
-    f"doc{i:02d}.txt": f"Document {i} is about subject {i}. " + " ".join(f"word{i}x{j}" for j in range(60 + 9 * i))
-    for i in range(8)
-}
-
-
-def _store_content(path):
-    """doc id → manifest facts, chunk id → (doc id, text, embedding) over the live rows of every shard."""
-    st = Store(path)
-    meta = st.meta()
-    manifest = {r["doc_id"]: (r["sha256"], r["n_chunks"], r["embedder"], r["chunking"], r["status"])
-                for r in st.manifest(meta).to_pylist()}
-    shard_of = {r["doc_id"]: r["shard"] for r in st.manifest(meta).to_pylist()}
-    chunks = {}
-    for info in meta.shards:
-        emb, table = st.read_shard(info, check_sha=True)  # every committed shard is there and intact
-        for i, row in enumerate(table.to_pylist()):
-            if shard_of.get(row["doc_id"]) == info.name:
-                chunks[row["chunk_id"]] = (row["doc_id"], row["text"], emb[i])
-    return meta, manifest, chunks
 
 
 def test_dask_local_cluster_builds_the_same_store(prefect_harness, tmp_path):
@@ -41,8 +21,8 @@ def test_dask_local_cluster_builds_the_same_store(prefect_harness, tmp_path):
     assert (dask.added, dask.chunks_embedded, dask.shards) == (8, threads.chunks_embedded, 4)
     assert dask.live_chunks == threads.live_chunks
 
-    m1, man1, ch1 = _store_content(tmp_path / "threads")
-    m2, man2, ch2 = _store_content(tmp_path / "dask")
+    m1, man1, ch1 = store_content(tmp_path / "threads")
+    m2, man2, ch2 = store_content(tmp_path / "dask")
     assert man1 == man2  # same documents, content hashes, chunk counts, embedder and chunking
     assert sorted(ch1) == sorted(ch2) and len(ch1) == m1.live_rows == m2.live_rows
     for cid, (doc, text, vec) in ch1.items():
@@ -60,7 +40,7 @@ def test_dask_answer_flow_gives_the_thread_runners_table(prefect_harness, tmp_pa
 
     import polars as pl
 
-    from conftest import FAST_GENERATOR
+    from conftest import SMALLEST_GENERATOR
     from flows.answer import run_answer
     from flows.index import run_index
 
@@ -69,7 +49,7 @@ def test_dask_answer_flow_gives_the_thread_runners_table(prefect_harness, tmp_pa
     qfile = tmp_path / "q.jsonl"
     qfile.write_text("".join(json.dumps({"id": f"q{i}", "question": f"What is document {i} about?"}) + "\n"
                              for i in range(4)))
-    kw = {"k": 2, "generator": FAST_GENERATOR, "max_new_tokens": 8, "batch_questions": 1}
+    kw = {"k": 2, "generator": SMALLEST_GENERATOR, "max_new_tokens": 8, "batch_questions": 1}
     threads = run_answer(qfile, store, tmp_path / "threads.parquet", **kw)
     dask = run_answer(qfile, store, tmp_path / "dask.parquet", runner="dask", dask_workers=2, **kw)
     assert threads.questions == dask.questions == 4

@@ -7,8 +7,8 @@ import json
 import polars as pl
 import pytest
 
-from storage.store import Store
-from tasks.retrieve import RETRIEVERS, load_dense_index, search
+from storage.store import open_store
+from tasks.retrieval.search import RETRIEVERS, load_dense_index, search
 
 LLAMA3_Q = "How many tokens was Llama 3 trained on?"
 
@@ -24,7 +24,7 @@ def demo_store(prefect_harness, demo_corpus, tmp_path_factory):
 
 
 def test_every_embedding_is_unit_norm_and_rows_equal_chunks(demo_store):
-    st = Store(demo_store)
+    st = open_store(demo_store)
     meta = st.meta()
     manifest = st.manifest(meta)
     n_chunks = sum(manifest["n_chunks"].to_pylist())
@@ -63,7 +63,7 @@ def test_llama3_query_top1_is_a_llama3_document(demo_store):
 @pytest.mark.slow
 def test_rag_answer_mentions_15_trillion_and_differs(demo_store, tmp_path):
     from flows.answer import run_answer
-    from tasks.demo_data import DEMO_QUESTIONS
+    from tasks.demo.corpus import DEMO_QUESTIONS
 
     q = tmp_path / "q.jsonl"
     first = json.loads(DEMO_QUESTIONS.read_text().splitlines()[0])

@@ -11,15 +11,15 @@ from typing import Any
 
 import pytest
 
-from tasks.demo_data import (
+from tasks.demo.corpus import (
     CORPUS_FILENAME,
     DEMO_QUESTIONS,
     HELM_METADATA_MEMBER,
     DemoDataError,
-    _fetch_wheel,
     build_demo_corpus,
     clean_description,
     fetch_helm_metadata,
+    fetch_wheel,
     parameters_in_words,
 )
 
@@ -166,9 +166,9 @@ def test_helpers() -> None:
 
 def test_fetch_errors_are_clear(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(DemoDataError, match=r"pip download crfm-helm==0\.0\.0\.dev0 failed \(exit \d+\)"):
-        _fetch_wheel("crfm-helm==0.0.0.dev0", tmp_path / "dl")
+        fetch_wheel("crfm-helm==0.0.0.dev0", tmp_path / "dl")
     with pytest.raises(ValueError, match="pinned"):
-        _fetch_wheel("crfm-helm", tmp_path / "dl")
+        fetch_wheel("crfm-helm", tmp_path / "dl")
 
     # A wheel without the metadata file: named like the real one so no download happens.
     monkeypatch.setenv("RAGBATCH_HOME", str(tmp_path / "home"))

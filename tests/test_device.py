@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tasks.device import DTYPE_CHOICES, auto_dtype, cpu_flags, cpu_has_native_bf16, dtype_name, resolve_dtype
-from tasks.generate import load_generator
+from tasks.generation.generate import load_generator
 
 X86 = platform.machine().lower() in ("x86_64", "amd64")
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tasks.device import cpu_has_native_bf16
-from tasks.embed import EmbedderConfigError, embedding_dtype, load_embedder, resolve_embedder
+from tasks.indexing.embed import EmbedderConfigError, embedding_dtype, load_embedder, resolve_embedder
 
 TEXTS = [
     "Llama 3 was pretrained on over 15 trillion tokens of data from publicly available sources.",

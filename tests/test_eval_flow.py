@@ -6,7 +6,7 @@ import json
 
 import polars as pl
 
-from conftest import FAST_GENERATOR
+from conftest import SMALLEST_GENERATOR
 
 PARAS = [
     ("Rivers", "The Seine flows through Paris. The Thames flows through London. The Tiber flows through Rome.",
@@ -33,7 +33,7 @@ def test_eval_flow_writes_every_report(prefect_harness, tmp_path):
 
     ds = _squad_json(tmp_path / "tiny.json")
     rep = run_eval(str(ds), tmp_path / "store", tmp_path / "report", ks=[1, 2], context_k=2,
-                   generator=FAST_GENERATOR, max_new_tokens=8, retriever="dense")
+                   generator=SMALLEST_GENERATOR, max_new_tokens=8, retriever="dense")
     s = rep.summary
     assert s["questions"] == 3 and 0.0 <= s["recall@1"] <= s["recall@2"] <= 1.0
     assert s["recall@2"] == 1.0  # three paragraphs, two retrieved: a correct retriever finds each one
@@ -49,13 +49,13 @@ def test_eval_flow_writes_every_report(prefect_harness, tmp_path):
     assert (tmp_path / "report" / "recall_at_k.png").read_bytes()[:4] == b"\x89PNG"
     # A second run reuses the index (nothing re-embedded).
     again = run_eval(str(ds), tmp_path / "store", tmp_path / "report2", ks=[1], context_k=1,
-                     generator=FAST_GENERATOR, max_new_tokens=4, retriever="bm25")
+                     generator=SMALLEST_GENERATOR, max_new_tokens=4, retriever="bm25")
     cfg = json.loads((tmp_path / "report2" / "eval.config.json").read_text())
     assert cfg["index"]["unchanged"] == 3 and cfg["index"]["added"] == 0 and again.summary["questions"] == 3
 
 
 def test_jsonl_dataset_shape(tmp_path):
-    from tasks.datasets import load_eval_dataset
+    from tasks.evaluation.datasets import load_eval_dataset
 
     corpus = tmp_path / "docs"
     corpus.mkdir()
@@ -71,7 +71,7 @@ def test_squad_comes_from_the_file_ragbatch_squad_names(tmp_path, monkeypatch):
     """The registry no longer serves bigbench==1.0.0: a named local copy is read first, never downloaded."""
     import pytest
 
-    from tasks.datasets import SQUAD_ENV, DatasetError, load_eval_dataset
+    from tasks.evaluation.datasets import SQUAD_ENV, DatasetError, load_eval_dataset
 
     monkeypatch.setenv("RAGBATCH_HOME", str(tmp_path / "home"))  # no cached copy to fall back on
     monkeypatch.setenv(SQUAD_ENV, str(_squad_json(tmp_path / "dev-v1.1.json")))
@@ -85,7 +85,7 @@ def test_squad_comes_from_the_file_ragbatch_squad_names(tmp_path, monkeypatch):
 
 def test_eval_keeps_the_first_of_a_repeated_id_as_answer_does(tmp_path):
     """Issue 22, finding 11: eval kept duplicate ids that answer rejects, so metrics counted them twice."""
-    from tasks.datasets import load_eval_dataset
+    from tasks.evaluation.datasets import load_eval_dataset
 
     corpus = tmp_path / "docs"
     corpus.mkdir()

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from tasks.datasets import EvalQuestion
-from tasks.evaluate import ChunkRef, gold_chunks, relevant_chunks, score_question, summarize
+from tasks.evaluation.datasets import EvalQuestion
+from tasks.evaluation.evaluate import ChunkRef, gold_chunks, relevant_chunks, score_question, summarize
 
 DOC = "p.jsonl#Paris#0"
 OTHER = "p.jsonl#Rome#0"
@@ -78,7 +78,7 @@ def test_eval_row_matches_its_schema():
     """EvalRow's record and eval_schema are one table: same columns in the same order, with and without answers."""
     import pyarrow as pa
 
-    from tasks.evaluate import eval_schema, score_retrieval
+    from tasks.evaluation.evaluate import eval_schema, score_retrieval
 
     full = score_question(Q, [WHOLE, ROME], [WHOLE], [WHOLE, ROME], "The Thames", "the Seine", [1, 5])
     for row, answers in ((full, True), (score_retrieval(Q, [WHOLE], [WHOLE], [1, 5]), False)):

@@ -11,9 +11,10 @@ import sys
 import polars as pl
 import pytest
 
-from conftest import FAST_GENERATOR, ROOT, write_corpus
-from storage.store import EmbedderMismatchError, Store
-from tasks.retrieve import load_dense_index, search
+from conftest import ROOT, SMALLEST_GENERATOR, write_corpus
+from helpers import CLI
+from storage.store import EmbedderMismatchError, open_store
+from tasks.retrieval.search import load_dense_index, search
 
 DOCS = {
     "llama3.txt": "Llama 3 was pretrained on over 15 trillion tokens of data from publicly available sources.",
@@ -40,7 +41,7 @@ def test_index_reindex_and_search(prefect_harness, corpus, tmp_path):
     assert (r.added, r.changed, r.unchanged, r.removed) == (5, 0, 0, 0)
     assert len(r.skipped_files) == 3 and any("binary.txt" in s for s in r.skipped_files)
     assert r.live_chunks == r.chunks_embedded == 5 and r.shards == 3  # one shard per batch of 2 documents
-    idx = load_dense_index(Store(store), "cpu")
+    idx = load_dense_index(open_store(store), "cpu")
     assert idx.rows == r.live_chunks  # exactly one row per chunk
     for shard in idx.shards:
         assert float((shard.norm(dim=1) - 1).abs().max()) < 1e-3
@@ -69,7 +70,7 @@ def test_index_reindex_and_search(prefect_harness, corpus, tmp_path):
 
     # The seed checks for every retriever and matrix dtype: descending scores, k results or fewer without error,
     # no duplicates, no deleted document, the changed document found by its new text.
-    from tasks.retrieve import RETRIEVERS
+    from tasks.retrieval.search import RETRIEVERS
 
     for retriever in RETRIEVERS:
         for dtype in ("auto", "float16", "int8"):
@@ -117,7 +118,7 @@ def test_answer_flow_writes_results_and_reports_bad_rows(prefect_harness, corpus
     csv = tmp_path / "more.csv"
     csv.write_text("id,question,answers\nq3,Which river flows north in Africa?,Nile\n")
     out = tmp_path / "results.parquet"
-    rep = run_answer([qfile, csv], store, out, k=2, generator=FAST_GENERATOR, max_new_tokens=12)
+    rep = run_answer([qfile, csv], store, out, k=2, generator=SMALLEST_GENERATOR, max_new_tokens=12)
     assert rep.questions == 3 and len(rep.question_errors) == 1 and ":2" in rep.question_errors[0]
     df = pl.read_parquet(out)
     assert df["question_id"].to_list() == ["q1", "q2", "q3"]
@@ -130,7 +131,7 @@ def test_answer_flow_writes_results_and_reports_bad_rows(prefect_harness, corpus
     assert all(a.strip() for a in df["no_rag_answer"].to_list() + df["rag_answer"].to_list())
     assert df.row(2, named=True)["doc_ids"][0] == "notes.jsonl#nile"
     config = json.loads((tmp_path / "results.config.json").read_text())
-    assert config["generator"] == FAST_GENERATOR and config["k"] == 2
+    assert config["generator"] == SMALLEST_GENERATOR and config["k"] == 2
 
 
 def test_answer_run_records_its_generation_settings(prefect_harness, corpus, tmp_path):
@@ -138,7 +139,7 @@ def test_answer_run_records_its_generation_settings(prefect_harness, corpus, tmp
     from flows.answer import run_answer
     from flows.index import run_index
     from tasks.config import GenerationConfig
-    from tasks.metrics import normalize_answer
+    from tasks.text import normalize_answer
 
     store = tmp_path / "store"
     run_index(corpus, store)
@@ -146,7 +147,7 @@ def test_answer_run_records_its_generation_settings(prefect_harness, corpus, tmp
     qfile.write_text("".join(json.dumps({"id": f"q{i}", "question": q}) + "\n" for i, q in enumerate(
         ["How many tokens was Llama 3 trained on?", "What is the capital of France?", "Which river flows north?"])))
     out = tmp_path / "res.parquet"
-    gs = GenerationConfig(generator=FAST_GENERATOR, dtype="float32", prompt="extract", max_new_tokens=12)
+    gs = GenerationConfig(generator=SMALLEST_GENERATOR, dtype="float32", prompt="extract", max_new_tokens=12)
     rep = run_answer(qfile, store, out, k=2, generation=gs)
     assert rep.dtype == "float32" and rep.prompt_tokens > 0 and rep.padding_ratio <= 1.15
     config = json.loads((tmp_path / "res.config.json").read_text())
@@ -172,13 +173,13 @@ def test_killed_answer_run_resumes_from_its_finished_batches(prefect_harness, ap
     qfile = tmp_path / "questions.jsonl"
     qfile.write_text("".join(json.dumps({"id": f"q{i}", "question": q}) + "\n" for i, q in enumerate(
         ["How many tokens was Llama 3 trained on?", "What is the capital of France?", "How high is Everest?"])))
-    kw = {"k": 2, "generator": FAST_GENERATOR, "max_new_tokens": 8, "batch_questions": 1}
+    kw = {"k": 2, "generator": SMALLEST_GENERATOR, "max_new_tokens": 8, "batch_questions": 1}
     clean = run_answer(qfile, store, tmp_path / "clean.parquet", **kw)
     out = tmp_path / "killed.parquet"
     # SIGTERM (as `kill PID` sends) during the run: said at once, the batch in hand is kept, no other is started,
     # and the CLI exits 128 + 15 naming what was kept.
-    proc = subprocess.run([sys.executable, "-m", "ragbatch.cli", "answer", str(qfile), "--store", str(store),
-                           "--out", str(out), "-k", "2", "--generator", FAST_GENERATOR, "--max-new-tokens", "8",
+    proc = subprocess.run([*CLI, "answer", str(qfile), "--store", str(store),
+                           "--out", str(out), "-k", "2", "--generator", SMALLEST_GENERATOR, "--max-new-tokens", "8",
                            "--batch-questions", "1"], cwd=ROOT,
                           env=dict(api_env, **{KILL_ENV: "after-result-part:1:term"}), capture_output=True,
                           text=True, timeout=600)
@@ -230,13 +231,13 @@ def test_answer_reruns_from_its_config_file(prefect_harness, api_env, corpus, tm
         ["How many tokens was Llama 3 trained on?", "Which river flows north in Africa?"])))
 
     def cli(*args: str) -> None:
-        proc = subprocess.run([sys.executable, "-m", "ragbatch.cli", "answer", *args], cwd=ROOT, env=api_env,
+        proc = subprocess.run([*CLI, "answer", *args], cwd=ROOT, env=api_env,
                               capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
 
     first = tmp_path / "first.parquet"
     cli(str(qfile), "--store", str(store), "--out", str(first), "-k", "2", "--retriever", "bm25", "--rrf-k", "7",
-        "--generator", FAST_GENERATOR, "--max-new-tokens", "6", "--no-snap")
+        "--generator", SMALLEST_GENERATOR, "--max-new-tokens", "6", "--no-snap")
     saved = json.loads((tmp_path / "first.config.json").read_text())
     assert saved["retrieval"]["retriever"] == "bm25" and saved["retrieval"]["rrf_k"] == 7
     assert saved["generation"]["max_new_tokens"] == 6 and saved["generation"]["snap"] is False

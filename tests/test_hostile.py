@@ -21,34 +21,27 @@ from pathlib import Path
 
 import pytest
 from markdown_it import MarkdownIt
-from typer.testing import CliRunner
 
-from conftest import FAST_GENERATOR, ROOT, write_corpus
-from storage.schema import ManifestRow
-from storage.store import Store
+from conftest import ROOT, SMALLEST_GENERATOR, write_corpus
+from helpers import CLI, invoke
+from storage.store import open_store
+from storage.store.schema import ManifestRow
 from storage.testing import KILL_ENV
 
 SECRET = "The vault combination is zebra quartz 9931 and the root password is hunter2."
 HOSTILE = '<script>alert("x")</script> <img src=x onerror=alert(1)> ![t](http://tracker.invalid/p.png)\n| a | b |'
 
 
-def _cli(*args: str):
-    """A command that runs no flow, in this process."""
-    from ragbatch.cli import app
-
-    return CliRunner().invoke(app, list(args))
-
-
 def _run(env: dict[str, str], *args: str) -> tuple[int, str]:
     """``ragbatch ARGS`` in a subprocess (flows log through Prefect's console handler, which CliRunner breaks):
     its exit code and its stdout + stderr with line wrapping undone."""
-    proc = subprocess.run([sys.executable, "-m", "ragbatch.cli", *args], env=dict(env, COLUMNS="200"), cwd=ROOT,
+    proc = subprocess.run([*CLI, *args], env=dict(env, COLUMNS="200"), cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
     return proc.returncode, " ".join((proc.stdout + proc.stderr).split())
 
 
 def _doc_ids(store: Path) -> set[str]:
-    return set(Store(store).manifest()["doc_id"].to_pylist())
+    return set(open_store(store).manifest()["doc_id"].to_pylist())
 
 
 def assert_safe_markdown(md: str, table_columns: int | None = None) -> None:
@@ -96,15 +89,15 @@ def test_symlinks_outside_the_folder_are_skipped_and_purged(api_env, tmp_path):
     assert "removed 1" in text
     assert _doc_ids(store) == {"good.txt", "link_in.txt", "sub/inner.md"}
     for retriever in ("bm25", "dense"):
-        out = _cli("search", "vault combination zebra quartz root password", "--store", str(store), "-k", "10",
+        out = invoke("search", "vault combination zebra quartz root password", "--store", str(store), "-k", "10",
                    "--retriever", retriever)
         assert out.exit_code == 0 and "link_out" not in out.output and "zebra" not in out.output, out.output
-    assert Store(store).verify().problems == []
+    assert open_store(store).verify().problems == []
 
 
 # ---------------------------------------------------------------- finding 3: rich markup and emoji
 def test_markup_and_emoji_in_names_ids_and_text_print_verbatim(api_env, tmp_path):
-    from flows.answer import answers_markdown
+    from storage.reports.markdown import answers_markdown
 
     text = "root:x:0:0 :smile: [bold]not bold[/bold] [/x]"
     docs = write_corpus(tmp_path / "docs", {
@@ -118,12 +111,12 @@ def test_markup_and_emoji_in_names_ids_and_text_print_verbatim(api_env, tmp_path
     assert "skipped x[/y].bin: unsupported file type .bin" in flat
     assert "duplicate document id 'notes.jsonl#[/x]'" in flat
 
-    out = _cli("search", "root smile bold", "--store", str(store), "-k", "1", "--retriever", "bm25")
+    out = invoke("search", "root smile bold", "--store", str(store), "-k", "1", "--retriever", "bm25")
     assert out.exit_code == 0 and text in out.output, out.output  # no ❌ for ":x:", no 😄 for ":smile:"
-    out = _cli("verify", "--store", str(store))
+    out = invoke("verify", "--store", str(store))
     assert out.exit_code == 0 and f"OK {store.resolve()}" in " ".join(out.output.split()), out.output
 
-    out = _cli("search", "q", "--store", str(tmp_path / "no[/where]"))  # _fail() with markup in the message
+    out = invoke("search", "q", "--store", str(tmp_path / "no[/where]"))  # _fail() with markup in the message
     assert out.exit_code == 2 and "no index at" in out.output and "no[/where]" in out.output, out.output
 
     questions = tmp_path / "q.jsonl"
@@ -131,7 +124,7 @@ def test_markup_and_emoji_in_names_ids_and_text_print_verbatim(api_env, tmp_path
                          + json.dumps({"id": "[/x]", "question": "dup"}) + "\n")
     results = tmp_path / "res[/x]" / "out.parquet"
     code, flat = _run(api_env, "answer", str(questions), "--store", str(store), "--out", str(results), "-k", "2",
-                      "--generator", FAST_GENERATOR, "--max-new-tokens", "4")
+                      "--generator", SMALLEST_GENERATOR, "--max-new-tokens", "4")
     assert code == 0, flat
     assert "duplicate id '[/x]'" in flat and ":smile:" in flat and "😄" not in flat
 
@@ -140,7 +133,7 @@ def test_markup_and_emoji_in_names_ids_and_text_print_verbatim(api_env, tmp_path
 
     import pyarrow.parquet as pq
 
-    from storage.results import ResultRow
+    from storage.runs.results import ResultRow
 
     rows = [ResultRow.from_record(r) for r in pq.read_table(results).to_pylist()]  # (polars: "[" would be a glob)
     rows[0] = replace(rows[0], rag_answer=HOSTILE)  # what a model could answer after reading the hostile document
@@ -151,7 +144,7 @@ def test_markup_and_emoji_in_names_ids_and_text_print_verbatim(api_env, tmp_path
 
 # ---------------------------------------------------------------- finding 4: Markdown reports
 def test_summary_markdown_escapes_html_and_newlines(tmp_path):
-    from storage.reports import summary_markdown
+    from storage.reports.eval import summary_markdown
 
     summary = {"questions": 1, "recall@1": 1.0, "mrr@10": 1.0, "ndcg@10": 1.0, "rag_em": 0.0, "no_rag_em": 0.0,
                "rag_f1": 0.0, "no_rag_f1": 0.0, "rag_contains": 0.0, "no_rag_contains": 0.0, "faithfulness": 0.0,
@@ -177,14 +170,14 @@ def _texts(n: int, tag: str) -> dict[str, str]:
 
 def test_a_wrong_or_empty_folder_never_wipes_the_index(prefect_harness, api_env, tmp_path):
     from flows.index import run_index
-    from tasks.indexing import MassRemovalError
+    from tasks.indexing.plan import MassRemovalError
 
     old = _texts(6, "old")
     docs = write_corpus(tmp_path / "docs", old)
     store = tmp_path / "store"
     run_index(docs, store, batch_docs=3)
-    before = {r["doc_id"]: (r["shard"], r["indexed_at"]) for r in Store(store).manifest().to_pylist()}
-    gen = Store(store).meta().generation
+    before = {r["doc_id"]: (r["shard"], r["indexed_at"]) for r in open_store(store).manifest().to_pylist()}
+    gen = open_store(store).meta().generation
     other = write_corpus(tmp_path / "other", _texts(4, "new"))
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -198,20 +191,20 @@ def test_a_wrong_or_empty_folder_never_wipes_the_index(prefect_harness, api_env,
     dry = run_index(other, store, dry_run=True)
     assert dry.removed == 6 and "--allow-mass-removal" in dry.removal_refused
     assert run_index(other, store, dry_run=True, max_removal_ratio=1.0).removal_refused is None  # configurable
-    assert Store(store).meta().generation == gen and _doc_ids(store) == set(before)
+    assert open_store(store).meta().generation == gen and _doc_ids(store) == set(before)
     code, out = _run(api_env, "index", str(other), "--store", str(store))
     assert code == 2 and "error: indexing" in out and "--allow-mass-removal" in out, out  # (Prefect logs a traceback)
 
     # Allowed, and killed after its second batch commit: the generation before the run is all still there.
-    cmd = [sys.executable, "-m", "ragbatch.cli", "index", str(other), "--store", str(store), "--batch-docs", "1",
+    cmd = [*CLI, "index", str(other), "--store", str(store), "--batch-docs", "1",
            "--allow-mass-removal"]
     proc = subprocess.run(cmd, env=dict(api_env, **{KILL_ENV: "after-index-json:2"}), cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
-    now = {r["doc_id"]: (r["shard"], r["indexed_at"]) for r in Store(store).manifest().to_pylist()}
+    now = {r["doc_id"]: (r["shard"], r["indexed_at"]) for r in open_store(store).manifest().to_pylist()}
     assert {d: now[d] for d in before} == before and len(now) == 8  # old documents untouched, two new ones
-    assert Store(store).verify().problems == []
-    from tasks.retrieve import search
+    assert open_store(store).verify().problems == []
+    from tasks.retrieval.search import search
 
     queries = [old[f"old-{i}.txt"] for i in range(6)]
     for retriever in ("dense", "bm25"):
@@ -221,7 +214,7 @@ def test_a_wrong_or_empty_folder_never_wipes_the_index(prefect_harness, api_env,
     proc = subprocess.run(cmd, env=api_env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert _doc_ids(store) == {f"new-{i}.txt" for i in range(4)}
-    assert Store(store).verify().problems == [] and Store(store).verify().orphans == []
+    assert open_store(store).verify().problems == [] and open_store(store).verify().orphans == []
 
 
 # ---------------------------------------------------------------- finding 8: refused up front, no traceback
@@ -233,7 +226,12 @@ def test_bad_numbers_and_paths_are_refused_with_a_message(api_env, tmp_path):
                       (["index", str(docs), "--store", str(tmp_path / "s"), "--chunk-tokens", "0"],
                        "--chunk-tokens 0: must be at least 1"),
                       (["index", str(docs), "--store", str(tmp_path / "s"), "--overlap-tokens", "300"],
-                       "--overlap-tokens 300: must be between 0 and 199"),
+                       "--overlap-tokens 300: must be between 0 and 100"),
+                      # issue 20, smell 2: passed the CLI (overlap < chunk) and failed inside the flow (≤ half)
+                      (["index", str(docs), "--store", str(tmp_path / "s"), "--overlap-tokens", "150"],
+                       "--overlap-tokens 150: must be between 0 and 100"),
+                      (["index", str(docs), "--store", str(tmp_path / "s"), "--chunk-tokens", "4"],
+                       "--chunk-tokens 4: must be at least 8"),
                       (["index", str(docs), "--store", str(tmp_path / "s"), "--max-removal-ratio", "2"],
                        "--max-removal-ratio 2: must be between 0 and 1"),
                       (["answer", str(docs), "--store", str(tmp_path), "-k", "0"], "-k 0: must be at least 1"),
@@ -242,7 +240,7 @@ def test_bad_numbers_and_paths_are_refused_with_a_message(api_env, tmp_path):
                       (["answer", str(docs), "--store", str(tmp_path), "--prompt", "nope"], "unknown prompt 'nope'"),
                       (["eval", "squad", "--store", str(tmp_path), "--context-k", "0"], "--context-k 0"),
                       (["eval", "squad", "--store", str(tmp_path), "--out", str(docs / "a.txt")], "is a file")]:
-        out = _cli(*args)
+        out = invoke(*args)
         assert out.exit_code == 2 and msg in " ".join(out.output.split()), (args, out.output)
     assert time.monotonic() - t0 < 10 and not (tmp_path / "s").exists()  # before any flow or server start-up
 
@@ -254,10 +252,10 @@ def test_bad_numbers_and_paths_are_refused_with_a_message(api_env, tmp_path):
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "index.json").write_text("[]")
-    out = _cli("verify", "--store", str(bad))
+    out = invoke("verify", "--store", str(bad))
     assert out.exit_code == 1 and "problem: " in out.output and "not an object" in out.output, out.output
     assert "Traceback" not in out.output
-    out = _cli("search", "q", "--store", str(bad))
+    out = invoke("search", "q", "--store", str(bad))
     assert out.exit_code == 2 and "not an object" in out.output, out.output
 
 
@@ -272,7 +270,7 @@ def test_a_full_disk_names_the_file_and_keeps_the_previous_generation(tmp_path):
     if mounted.returncode:
         pytest.skip(f"needs a small tmpfs (mount as root): {mounted.stderr.decode(errors='replace').strip()}")
     try:
-        st = Store(tiny / "store")
+        st = open_store(tiny / "store")
         fp = {"id": "fp-test", "name": "model-test", "pooling": "mean", "dim": 64}
 
         def shard(doc: str, rows: int):
@@ -319,7 +317,7 @@ def test_a_killed_cli_takes_its_temporary_prefect_server_with_it(tmp_path):
     docs = write_corpus(tmp_path / "docs", {"a.txt": "Alpha is the first letter.", "b.txt": "Beta is second."})
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     env.update(PREFECT_HOME=str(tmp_path / "prefect"), PYTHONPATH=str(ROOT))
-    cli = subprocess.Popen([sys.executable, "-m", "ragbatch.cli", "index", str(docs), "--store", str(tmp_path / "s")],
+    cli = subprocess.Popen([*CLI, "index", str(docs), "--store", str(tmp_path / "s")],
                            env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline, servers = time.monotonic() + 120, []
@@ -341,8 +339,8 @@ def test_a_killed_cli_takes_its_temporary_prefect_server_with_it(tmp_path):
 
 def test_a_huge_document_is_a_batch_of_its_own(prefect_harness, api_env, tmp_path):
     """Issue 10 finding 6: the small files around a huge document are committed before it, and survive a kill."""
-    from tasks.indexing import document_batches, large_documents
-    from tasks.load import load_documents
+    from tasks.indexing.plan import document_batches, large_documents
+    from tasks.ingest.load import load_documents
 
     small = {f"{c}.txt": f"Small note {c}: the {c} key opens the shed." for c in "abcd"}
     big = " ".join(f"Paragraph {i} of the big report mentions ledger entry {i * 7}." for i in range(1500))
@@ -356,14 +354,14 @@ def test_a_huge_document_is_a_batch_of_its_own(prefect_harness, api_env, tmp_pat
 
     # Killed while the big document's shard is written: the two small files before it are committed.
     store = tmp_path / "store"
-    cmd = [sys.executable, "-m", "ragbatch.cli", "index", str(docs), "--store", str(store), "--batch-chars", "20000"]
+    cmd = [*CLI, "index", str(docs), "--store", str(store), "--batch-chars", "20000"]
     proc = subprocess.run(cmd, env=dict(api_env, **{KILL_ENV: "mid-shard:2"}), cwd=ROOT, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
-    assert {r["doc_id"] for r in Store(store).manifest().to_pylist()} == {"a.txt", "b.txt"}
-    assert Store(store).verify().problems == []
+    assert {r["doc_id"] for r in open_store(store).manifest().to_pylist()} == {"a.txt", "b.txt"}
+    assert open_store(store).verify().problems == []
     proc = subprocess.run(cmd, env=api_env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    shards = {r["doc_id"]: r["shard"] for r in Store(store).manifest().to_pylist()}
+    shards = {r["doc_id"]: r["shard"] for r in open_store(store).manifest().to_pylist()}
     assert len(shards) == 5 and len(set(shards.values())) == 3 and shards["big.txt"] not in {shards["a.txt"],
                                                                                              shards["c.txt"]}

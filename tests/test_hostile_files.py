@@ -12,8 +12,8 @@ import zlib
 import pytest
 
 from conftest import write_corpus
-from tasks.load import load_documents
-from tasks.loaders.pdf import MAX_PAGES_ENV, max_pdf_pages
+from tasks.ingest.load import load_documents
+from tasks.ingest.loaders.pdf import MAX_PAGES_ENV, max_pdf_pages
 
 
 def pdf_bytes(objects: list[bytes]) -> bytes:
@@ -88,7 +88,7 @@ def test_hostile_pdfs_are_named_and_skipped_and_the_rest_loads(tmp_path, monkeyp
 
 def test_any_loader_failure_is_per_file(tmp_path, monkeypatch):
     """A loader that raises something unexpected (not LoadError) costs its own file only, named with the reason."""
-    from tasks.loaders.base import Loader, registry
+    from tasks.ingest.loaders.base import Loader, registry
 
     class Exploding(Loader):
         format = "boom"
@@ -120,7 +120,7 @@ def docx_bomb(path, unzipped_mb: int = 1024) -> None:
     import io
     import zipfile
 
-    from tasks.demo_docs import docx_bytes
+    from tasks.demo.docs import docx_bytes
 
     good = zipfile.ZipFile(io.BytesIO(docx_bytes("Bomb", ["x"], [])))
     para = b"<w:p><w:r><w:t>boom</w:t></w:r></w:p>" * (1 << 20 // 38)
@@ -148,7 +148,7 @@ def test_a_docx_zip_bomb_is_refused_before_it_inflates(tmp_path):
     import sys
 
     from conftest import ROOT
-    from tasks.loaders.base import UNZIPPED_ENV
+    from tasks.ingest.loaders.base import UNZIPPED_ENV
 
     docs = tmp_path / "docs"
     docs.mkdir()
@@ -156,7 +156,7 @@ def test_a_docx_zip_bomb_is_refused_before_it_inflates(tmp_path):
     docx_bomb(tmp_path / "ratio.docx", unzipped_mb=12)  # under the default limit, but 12 MB from ~40 KB
     (docs / "ok.txt").write_text("Bananas are yellow.")
     # VmHWM, the peak RSS of this process image: ru_maxrss would carry over the forking test process's RSS.
-    script = ("import re, sys; from tasks.load import load_documents; r = load_documents(sys.argv[1]); "
+    script = ("import re, sys; from tasks.ingest.load import load_documents; r = load_documents(sys.argv[1]); "
               "print([d.doc_id for d in r.documents]); print(r.errors); "
               "print(re.search(r'VmHWM:\\s*(\\d+)', open('/proc/self/status').read()).group(1))")
     proc = subprocess.run([sys.executable, "-c", script, str(docs)], cwd=ROOT, capture_output=True, text=True,
@@ -171,7 +171,7 @@ def test_a_docx_zip_bomb_is_refused_before_it_inflates(tmp_path):
 
 def test_a_message_quoting_a_huge_header_is_capped(tmp_path):
     """Issue 22, finding 11: a CSV header of 100k columns with one empty name printed about 1 MB, twice."""
-    from storage.escape import MAX_MESSAGE_CHARS
+    from storage.reports.escape import MAX_MESSAGE_CHARS
 
     header = ",".join(f"col{i}" for i in range(100_000)) + ",\n"
     docs = write_corpus(tmp_path / "docs", {"wide.csv": header + "1," * 100_000 + "\n", "ok.txt": "Fine."})
@@ -198,7 +198,7 @@ def test_a_pdf_that_takes_for_ever_is_stopped_and_named(tmp_path, monkeypatch):
     of the folder loaded."""
     import time
 
-    from tasks.loaders.worker import SECONDS_ENV
+    from tasks.ingest.loaders.worker import SECONDS_ENV
 
     monkeypatch.setenv(SECONDS_ENV, "3")
     slow = slow_pdf()

@@ -7,8 +7,8 @@ import json
 import polars as pl
 import pytest
 
-from conftest import FAST_GENERATOR, write_corpus
-from storage.inbox import LEDGER, move_failed, read_ledger, record_answered, scan_inbox
+from conftest import SMALLEST_GENERATOR, write_corpus
+from storage.runs.inbox import LEDGER, move_failed, read_ledger, record_answered, scan_inbox
 
 Q1 = json.dumps({"id": "q1", "question": "What is the capital of France?"}) + "\n"
 
@@ -66,11 +66,11 @@ def test_inbox_flow_answers_new_files_once_and_moves_failures(prefect_harness, t
     write_corpus(inbox, {"good.jsonl": Q1 + json.dumps({"id": "q2", "question": "Capital of Italy?"}) + "\n",
                          "broken.csv": "id,text\n1,no question column\n"})
     with pytest.raises(FileNotFoundError, match="no index"):  # no store yet: the inbox is left alone
-        run_inbox(inbox, results, store, generator=FAST_GENERATOR)
+        run_inbox(inbox, results, store, generator=SMALLEST_GENERATOR)
     assert sorted(p.name for p in inbox.iterdir()) == ["broken.csv", "good.jsonl"]
 
     run_index(docs, store)
-    rep = run_inbox(inbox, results, store, generator=FAST_GENERATOR, k=1, max_new_tokens=4)
+    rep = run_inbox(inbox, results, store, generator=SMALLEST_GENERATOR, k=1, max_new_tokens=4)
     assert rep.answered == [str(results / "good.parquet")] and rep.questions == 2
     assert rep.failed == [str(inbox / "failed" / "broken.csv")]
     note = (inbox / "failed" / "broken.csv.error.txt").read_text()
@@ -79,7 +79,7 @@ def test_inbox_flow_answers_new_files_once_and_moves_failures(prefect_harness, t
     assert df["question_id"].to_list() == ["q1", "q2"] and df.row(0, named=True)["doc_ids"] == ["paris.txt"]
     assert [e["name"] for e in read_ledger(results)] == ["good.jsonl"]
 
-    again = run_inbox(inbox, results, store, generator=FAST_GENERATOR, k=1, max_new_tokens=4)
+    again = run_inbox(inbox, results, store, generator=SMALLEST_GENERATOR, k=1, max_new_tokens=4)
     assert (again.answered, again.failed, again.skipped) == ([], [], ["good.jsonl"])
 
 
@@ -89,14 +89,14 @@ def test_deployments_carry_schedules_and_absolute_parameters(tmp_path, monkeypat
 
     monkeypatch.chdir(tmp_path)
     reindex, inbox = build_deployments("docs", "store", "in", "res", retrieval=RetrievalConfig(k=2, rerank_depth=7),
-                                       generation=GenerationConfig(generator=FAST_GENERATOR))
+                                       generation=GenerationConfig(generator=SMALLEST_GENERATOR))
     assert (reindex.name, inbox.name) == ("reindex", "inbox")
     assert reindex.entrypoint == "flows.index.index_flow" and inbox.entrypoint == "flows.inbox.inbox_flow"
     assert reindex.parameters == {"docs_dir": str(tmp_path / "docs"), "store": str(tmp_path / "store")}
     assert inbox.parameters == {"inbox": str(tmp_path / "in"), "results": str(tmp_path / "res"),
                                 "store": str(tmp_path / "store"),
                                 "retrieval": to_dict(RetrievalConfig(k=2, rerank_depth=7)),
-                                "generation": to_dict(GenerationConfig(generator=FAST_GENERATOR))}
+                                "generation": to_dict(GenerationConfig(generator=SMALLEST_GENERATOR))}
     assert (tmp_path / "in").is_dir() and (tmp_path / "res").is_dir()
     assert [s.schedule.cron for s in reindex.schedules] == ["0 2 * * *"]
     assert [s.schedule.interval.total_seconds() for s in inbox.schedules] == [300]

@@ -1,6 +1,6 @@
 """Issue 4: incremental, crash-safe re-indexing — verify, compaction, lock details, kill-and-resume.
 
-Kills use the store's test hook ``RAGBATCH_TEST_KILL_AT=POINT:N`` (see storage/store.py) in a subprocess
+Kills use the store's test hook ``RAGBATCH_TEST_KILL_AT=POINT:N`` (see storage/store/base.py) in a subprocess
 running the real index flow through ``python -m ragbatch.cli index``. The subprocesses talk to the session's
 Prefect test server (``PREFECT_API_URL`` of the harness) instead of starting their own ephemeral server
 (~25 s each), so every kill costs only the start-up of Python, torch and the embedder.
@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import random
 import shutil
 import signal
 import subprocess
@@ -20,67 +19,19 @@ import threading
 import time
 from pathlib import Path
 
-import pyarrow as pa
 import pytest
 import torch
 
-from conftest import ROOT, write_corpus
-from storage.bm25 import DiskBM25
-from storage.schema import ManifestRow
-from storage.store import EMPTY_LOCK_STALE_S, Store, StoreError
+from conftest import ROOT
+from helpers import CLI, FP, committed_docs, doc_text, live_rows, make_corpus, write_test_shard
+from storage.store import EMPTY_LOCK_STALE_S, StoreError, open_store
+from storage.store.bm25 import DiskBM25
 from storage.testing import KILL_ENV
-from tasks.bm25 import build_bm25
-from tasks.retrieve import load_dense_index, search
-
-FP = {"id": "fp-test", "name": "model-test", "pooling": "mean", "dim": 4}
-
-WORDS = (
-    "amber basalt cedar delta ember fjord granite harbor indigo juniper kestrel lagoon meadow nebula orchid "
-    "prairie quartz raven sierra tundra umber valley willow xenon yarrow zephyr anchor beacon canyon dune"
-).split()
+from tasks.retrieval.backends.bm25 import build_bm25
+from tasks.retrieval.search import load_dense_index, search
 
 
 # ---------------------------------------------------------------- helpers
-def _shard(store: Store, docs: dict[str, tuple[str, int]], seed: int = 0, scale: float = 1.0, dup: bool = False):
-    """Write one (uncommitted) shard with ``n`` chunks for each doc id -> (sha, n)."""
-    g = torch.Generator().manual_seed(seed)
-    rows, manifest = [], []
-    for doc_id, (sha, n) in docs.items():
-        for i in range(n):
-            cid = f"{doc_id}#0" if dup else f"{doc_id}#{i}"
-            rows.append({"chunk_id": cid, "doc_id": doc_id, "doc_sha256": sha, "chunk_index": 0 if dup else i,
-                         "text": f"{doc_id} chunk {i}", "char_start": 0, "char_end": 1, "n_tokens": 1})
-        manifest.append(ManifestRow(doc_id=doc_id, path=doc_id, sha256=sha, size=1, mtime=0.0, n_chunks=n, shard="",
-                                    embedder=FP["id"], chunking="c", status="indexed", indexed_at=0.0))
-    emb = torch.nn.functional.normalize(torch.randn(len(rows), 4, generator=g), dim=1) * scale
-    return store.write_shard(emb, pa.Table.from_pylist(rows), manifest)
-
-
-def _live(store: Store) -> dict[str, torch.Tensor]:
-    """chunk id -> embedding of every live row."""
-    idx = load_dense_index(store, "cpu", check_sha=True)
-    emb = torch.cat(idx.shards) if idx.shards else torch.empty(0, 4)
-    return dict(zip(idx.chunks["chunk_id"].to_pylist(), emb, strict=True))
-
-
-def _doc_text(i: int, version: int = 0) -> str:
-    r = random.Random(i * 1000 + version)
-    words = " ".join(r.choice(WORDS) for _ in range(10))
-    return f"Record {i} version {version}: {words}."
-
-
-def _make_corpus(root: Path, n: int) -> Path:
-    return write_corpus(root, {f"doc-{i:04d}.txt": _doc_text(i) for i in range(n)})
-
-
-def _committed(store: Path) -> dict[str, tuple[str, float]]:
-    """doc id -> (shard, indexed_at) of the committed generation."""
-    st = Store(store)
-    if not st.exists():
-        return {}
-    return {r["doc_id"]: (r["shard"], r["indexed_at"]) for r in st.manifest().to_pylist()}
-
-
 def _lock_pid(store: Path) -> int | None:
     try:
         return json.loads((store / ".lock").read_text()).get("pid")
@@ -89,20 +40,20 @@ def _lock_pid(store: Path) -> int | None:
 
 
 def _index_cmd(docs: Path, store: Path, batch_docs: int) -> list[str]:
-    return [sys.executable, "-m", "ragbatch.cli", "index", str(docs), "--store", str(store),
+    return [*CLI, "index", str(docs), "--store", str(store),
             "--batch-docs", str(batch_docs)]
 
 
 # ---------------------------------------------------------------- verify (store level, no model)
 def test_verify_names_each_problem(tmp_path):
-    st = Store(tmp_path / "s")
-    st.commit(FP, 4, [_shard(st, {"a": ("h1", 2), "b": ("h1", 3)})])
+    st = open_store(tmp_path / "s")
+    st.commit(FP, 4, [write_test_shard(st, {"a": ("h1", 2), "b": ("h1", 3)})])
     assert st.verify().problems == []
     rep = st.verify()
     assert (rep.documents, rep.live_rows, rep.total_rows, rep.shards) == (2, 5, 5, 1)
 
     # Rows that are not unit vectors: the safetensors file, the row and its norm are named.
-    st.commit(FP, 4, [_shard(st, {"c": ("h1", 2)}, scale=1.01)])
+    st.commit(FP, 4, [write_test_shard(st, {"c": ("h1", 2)}, scale=1.01)])
     (problem,) = st.verify().problems
     c_shard = st.manifest().to_pylist()[2]["shard"]
     assert f"{c_shard}.safetensors: 2 live rows do not have unit norm" in problem and "norm 1.01" in problem
@@ -110,14 +61,14 @@ def test_verify_names_each_problem(tmp_path):
     assert st.verify().problems == []
 
     # A chunk id live twice (and chunk indices not 0..n-1).
-    st.commit(FP, 4, [_shard(st, {"d": ("h1", 2)}, dup=True)])
+    st.commit(FP, 4, [write_test_shard(st, {"d": ("h1", 2)}, dup=True)])
     problems = st.verify().problems
     assert any("chunk id 'd#0' is live 2 times" in p for p in problems)
     assert any("document 'd': live chunk indices [0, 0] are not 0..1" in p for p in problems)
     st.commit(FP, 4, [], remove_doc_ids={"d"})
 
     # A manifest whose n_chunks disagrees with the rows: the manifest, document and shard are named.
-    w = _shard(st, {"e": ("h1", 2)})
+    w = write_test_shard(st, {"e": ("h1", 2)})
     w.manifest_rows[0] = dataclasses.replace(w.manifest_rows[0], n_chunks=3)
     meta = st.commit(FP, 4, [w])
     problems = st.verify().problems
@@ -145,21 +96,22 @@ def test_verify_names_each_problem(tmp_path):
 
 # ---------------------------------------------------------------- compaction (store level)
 def test_compaction_copies_live_rows_exactly_and_respects_the_threshold(tmp_path):
-    st = Store(tmp_path / "s")
-    st.commit(FP, 4, [_shard(st, {"a": ("h1", 2), "b": ("h1", 2)}, seed=1)])  # A: will be 50% dead
-    st.commit(FP, 4, [_shard(st, {"c": ("h1", 3), "f": ("h1", 3), "g": ("h1", 3), "d": ("h1", 1)}, seed=2)])  # B
-    st.commit(FP, 4, [_shard(st, {"e": ("h1", 3)}, seed=3)])  # C: stays clean
+    st = open_store(tmp_path / "s")
+    st.commit(FP, 4, [write_test_shard(st, {"a": ("h1", 2), "b": ("h1", 2)}, seed=1)])  # A: will be 50% dead
+    b_docs = {"c": ("h1", 3), "f": ("h1", 3), "g": ("h1", 3), "d": ("h1", 1)}
+    st.commit(FP, 4, [write_test_shard(st, b_docs, seed=2)])  # B
+    st.commit(FP, 4, [write_test_shard(st, {"e": ("h1", 3)}, seed=3)])  # C: stays clean
     a, b, c = (s.name for s in st.meta().shards)
-    st.commit(FP, 4, [_shard(st, {"a": ("h2", 1), "d": ("h2", 1)}, seed=4)])  # A 2/4 dead, B 1/10 dead
+    st.commit(FP, 4, [write_test_shard(st, {"a": ("h2", 1), "d": ("h2", 1)}, seed=4)])  # A 2/4 dead, B 1/10 dead
     assert st.meta().dead_ratio == pytest.approx(3 / 19)
-    before = _live(st)
+    before = live_rows(st)
     gen = st.meta().generation
     rep = st.compact(0.6)  # nothing is that dead: no-op, same generation
     assert (rep.compacted, rep.written, st.meta().generation) == ([], [], gen)
 
     rep = st.compact(0.3)
     assert rep.compacted == [a] and len(rep.written) == 1 and rep.dead_rows_dropped == 2 and rep.rows_copied == 2
-    after = _live(st)
+    after = live_rows(st)
     assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)  # copied bitwise
     names = [s.name for s in st.meta().shards]
     assert a not in names and b in names and c in names
@@ -172,36 +124,36 @@ def test_compaction_copies_live_rows_exactly_and_respects_the_threshold(tmp_path
     assert rep.compacted == [b] and len(rep.written) == 3 and (rep.dead_rows_dropped, rep.rows_copied) == (1, 9)
     rep = st.verify()
     assert rep.problems == [] and st.meta().total_rows == st.meta().live_rows == 16 and rep.orphans == []
-    after = _live(st)
+    after = live_rows(st)
     assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
     assert st.compact().compacted == []
 
 
 def test_compaction_killed_at_any_point_keeps_the_store_valid(tmp_path):
-    st = Store(tmp_path / "s")
-    st.commit(FP, 4, [_shard(st, {"a": ("h1", 2), "b": ("h1", 2)})])
-    st.commit(FP, 4, [_shard(st, {"a": ("h2", 1)}, seed=1)])
-    before, gen = _live(st), st.meta().generation
+    st = open_store(tmp_path / "s")
+    st.commit(FP, 4, [write_test_shard(st, {"a": ("h1", 2), "b": ("h1", 2)})])
+    st.commit(FP, 4, [write_test_shard(st, {"a": ("h2", 1)}, seed=1)])
+    before, gen = live_rows(st), st.meta().generation
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     for point in ("after-shard:1", "after-manifest:1", "before-index-json:1"):
         env[KILL_ENV] = point
-        proc = subprocess.run([sys.executable, "-m", "ragbatch.cli", "compact", "--store", str(st.root)],
+        proc = subprocess.run([*CLI, "compact", "--store", str(st.root)],
                               env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
         assert proc.returncode == -signal.SIGKILL, proc.stderr
         rep = st.verify()
         assert rep.problems == [] and st.meta().generation == gen and rep.orphans  # old generation intact
     env.pop(KILL_ENV)
-    proc = subprocess.run([sys.executable, "-m", "ragbatch.cli", "compact", "--store", str(st.root)],
+    proc = subprocess.run([*CLI, "compact", "--store", str(st.root)],
                           env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "compacted 1 shards into 1: 2 dead rows dropped" in proc.stdout, proc.stdout
-    after = _live(st)
+    after = live_rows(st)
     assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
     assert st.verify().problems == [] and st.verify().orphans == []
 
 
 # ---------------------------------------------------------------- lock details
 def test_empty_or_corrupt_lock_is_stale_only_after_its_age(tmp_path):
-    st = Store(tmp_path / "s")
+    st = open_store(tmp_path / "s")
     lock = st.root / ".lock"
     st.root.mkdir(parents=True)
     for content in (b"", b'{"pi'):  # killed between create and write / during the write
@@ -217,7 +169,7 @@ def test_empty_or_corrupt_lock_is_stale_only_after_its_age(tmp_path):
 
 
 def test_stale_lock_is_taken_over_by_exactly_one_writer(tmp_path):
-    st = Store(tmp_path / "s")
+    st = open_store(tmp_path / "s")
     st.root.mkdir(parents=True)
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     (st.root / ".lock").write_text(json.dumps({"pid": int(dead.stdout), "host": os.uname().nodename}))
@@ -226,7 +178,7 @@ def test_stale_lock_is_taken_over_by_exactly_one_writer(tmp_path):
     def writer() -> None:
         barrier.wait()
         try:
-            with Store(st.root).lock():
+            with open_store(st.root).lock():
                 won.append(1)
                 deadline = time.monotonic() + 30
                 while len(won) + len(refused) < 8 and time.monotonic() < deadline:  # hold until all have tried
@@ -249,17 +201,17 @@ def test_tombstoned_chunks_never_return_before_or_after_compaction(prefect_harne
     from flows.index import run_index
     from ragbatch.cli import app
 
-    docs = _make_corpus(tmp_path / "docs", 12)
+    docs = make_corpus(tmp_path / "docs", 12)
     store = tmp_path / "store"
     run_index(docs, store, batch_docs=4, compact_dead_ratio=1.0)
     for i in (1, 5, 9):
-        (docs / f"doc-{i:04d}.txt").write_text(_doc_text(i, version=1))
+        (docs / f"doc-{i:04d}.txt").write_text(doc_text(i, version=1))
     for i in (2, 6, 10):
         (docs / f"doc-{i:04d}.txt").unlink()
     r = run_index(docs, store, batch_docs=4, compact_dead_ratio=1.0)
     assert (r.changed, r.removed, r.compacted_shards) == (3, 3, 0) and r.dead_ratio == pytest.approx(6 / 15)
     removed = {f"doc-{i:04d}.txt" for i in (2, 6, 10)}
-    queries = [_doc_text(i) for i in (1, 2, 5, 6)]  # the old texts of changed and removed documents
+    queries = [doc_text(i) for i in (1, 2, 5, 6)]  # the old texts of changed and removed documents
 
     def results() -> dict[str, dict[str, float]]:
         out = {}
@@ -268,15 +220,15 @@ def test_tombstoned_chunks_never_return_before_or_after_compaction(prefect_harne
                 assert not removed & set(res.doc_ids) and len(set(res.chunk_ids)) == len(res.chunk_ids) == 9
                 for doc, text in zip(res.doc_ids, res.texts, strict=True):
                     n = int(doc[4:8])
-                    assert text == _doc_text(n, version=1 if n in (1, 5, 9) else 0)  # never an old version
+                    assert text == doc_text(n, version=1 if n in (1, 5, 9) else 0)  # never an old version
                 out[f"{retriever}:{res.query}"] = dict(zip(res.chunk_ids, res.scores, strict=True))
         return out
 
     before = results()
-    shards_before = Store(store).meta().shards
+    shards_before = open_store(store).meta().shards
     out = CliRunner().invoke(app, ["compact", "--store", str(store)])
     assert out.exit_code == 0 and "6 dead rows dropped" in out.output, out.output
-    meta = Store(store).meta()
+    meta = open_store(store).meta()
     assert meta.total_rows == meta.live_rows == 9 and len(meta.shards) < len(shards_before)
     after = results()
     assert after.keys() == before.keys()
@@ -285,7 +237,7 @@ def test_tombstoned_chunks_never_return_before_or_after_compaction(prefect_harne
         if key.startswith("dense:"):  # BM25 statistics counted the tombstoned chunks until compaction rebuilt it
             assert all(abs(after[key][c] - before[key][c]) < 1e-5 for c in before[key])
     # After compaction the on-disk BM25 index holds exactly the live chunks: scores equal a fresh build's.
-    idx = load_dense_index(Store(store), "cpu")
+    idx = load_dense_index(open_store(store), "cpu")
     fresh = build_bm25(idx.chunks)
     assert idx.bm25.source == "disk"
     got, want = idx.bm25.search(queries, 9), fresh.search(queries, 9)
@@ -295,12 +247,12 @@ def test_tombstoned_chunks_never_return_before_or_after_compaction(prefect_harne
 
     # Automatic compaction at the end of a run once more than compact_dead_ratio of the rows are dead.
     for i in (0, 3, 4, 7):
-        (docs / f"doc-{i:04d}.txt").write_text(_doc_text(i, version=2))
+        (docs / f"doc-{i:04d}.txt").write_text(doc_text(i, version=2))
     r = run_index(docs, store, batch_docs=4)  # 4 of 13 rows dead > 0.3
     assert r.changed == 4 and r.compacted_shards >= 1 and r.dead_rows_dropped == 4 and r.dead_ratio == 0.0
-    assert Store(store).verify().problems == []
-    (res,), _ = search(str(store), [_doc_text(3)], k=100, retriever="bm25")
-    assert _doc_text(3) not in res.texts and len(res.doc_ids) == 9
+    assert open_store(store).verify().problems == []
+    (res,), _ = search(str(store), [doc_text(3)], k=100, retriever="bm25")
+    assert doc_text(3) not in res.texts and len(res.doc_ids) == 9
 
 
 def test_corrupt_files_are_named_by_verify_and_refused_by_search(prefect_harness, tmp_path):
@@ -310,12 +262,12 @@ def test_corrupt_files_are_named_by_verify_and_refused_by_search(prefect_harness
     from ragbatch.cli import app
 
     good = tmp_path / "good"
-    run_index(_make_corpus(tmp_path / "docs", 6), good, batch_docs=3)
-    assert Store(good).verify().problems == []
+    run_index(make_corpus(tmp_path / "docs", 6), good, batch_docs=3)
+    assert open_store(good).verify().problems == []
     for what in ("flip", "truncate"):
         store = tmp_path / what
         shutil.copytree(good, store)
-        st = Store(store)
+        st = open_store(store)
         info = st.meta().shards[-1]
         tpath, cpath = st.shard_paths(info.name)
         if what == "flip":
@@ -342,7 +294,7 @@ def test_killed_runs_resume_to_a_clean_full_index(prefect_harness, api_env, tmp_
     from flows.index import run_index
 
     n, batch = 120, 4
-    docs = _make_corpus(tmp_path / "docs", n)
+    docs = make_corpus(tmp_path / "docs", n)
     store = tmp_path / "store"
     committed: dict[str, tuple[str, float]] = {}
     # (kill point, documents committed after the run): a fresh store's first commit is an empty one.
@@ -352,13 +304,13 @@ def test_killed_runs_resume_to_a_clean_full_index(prefect_harness, api_env, tmp_
         proc = subprocess.run(_index_cmd(docs, store, batch), env=dict(api_env, **{KILL_ENV: point}), cwd=ROOT,
                               capture_output=True, text=True, timeout=300)
         assert proc.returncode == -signal.SIGKILL, f"{point}: {proc.stdout[-2000:]} {proc.stderr[-2000:]}"
-        now = _committed(store)
+        now = committed_docs(store)
         assert len(now) == expect, point
         assert all(now[d] == committed[d] for d in committed), point  # nothing committed before was redone
         committed = now
-        assert Store(store).verify().problems == [], point
+        assert open_store(store).verify().problems == [], point
         assert (store / ".lock").exists()  # left behind by the dead writer; the next run takes it over
-    assert Store(store).verify().orphans  # the last kill came before garbage collection
+    assert open_store(store).verify().orphans  # the last kill came before garbage collection
 
     # A writer killed from outside while a second run on the same store is refused. The writer stalls (test
     # hook) holding its lock after its second commit, so the second run meets a live writer on any machine
@@ -366,9 +318,9 @@ def test_killed_runs_resume_to_a_clean_full_index(prefect_harness, api_env, tmp_
     proc = subprocess.Popen(_index_cmd(docs, store, 1), env=dict(api_env, **{KILL_ENV: "after-index-json:2:stall"}),
                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        gen = Store(store).meta().generation
+        gen = open_store(store).meta().generation
         deadline = time.monotonic() + 120
-        while Store(store).meta().generation < gen + 2:  # it holds the lock and has committed two batches
+        while open_store(store).meta().generation < gen + 2:  # it holds the lock and has committed two batches
             assert proc.poll() is None and time.monotonic() < deadline
             time.sleep(0.05)
         with pytest.raises(StoreError, match=rf"is locked by pid {proc.pid} on"):
@@ -377,9 +329,9 @@ def test_killed_runs_resume_to_a_clean_full_index(prefect_harness, api_env, tmp_
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-    now = _committed(store)
+    now = committed_docs(store)
     assert len(committed) < len(now) < n and all(now[d] == committed[d] for d in committed)
-    assert Store(store).verify().problems == []
+    assert open_store(store).verify().problems == []
     committed = now
 
     # A run to the end, and a second one that waits for its lock (lock_wait_s) instead of failing.
@@ -395,10 +347,10 @@ def test_killed_runs_resume_to_a_clean_full_index(prefect_harness, api_env, tmp_
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0
     report = json.loads(out.strip().splitlines()[-1])
-    assert sorted(report["embedded_doc_ids"]) == sorted(set(_committed(store)) - set(committed))  # only the rest
+    assert sorted(report["embedded_doc_ids"]) == sorted(set(committed_docs(store)) - set(committed))  # only the rest
     assert report["added"] == n - len(committed) and report["unchanged"] == len(committed)
     assert (waited.unchanged, waited.chunks_embedded) == (n, 0)
-    final = Store(store)
+    final = open_store(store)
     assert final.verify().problems == [] and final.verify().orphans == [] and not (store / ".lock").exists()
     assert DiskBM25(store).state() == (final.meta().generation, n)  # BM25 followed every kill and resume
 
@@ -406,6 +358,6 @@ def test_killed_runs_resume_to_a_clean_full_index(prefect_harness, api_env, tmp_
     # embedding does not depend on the batch it was embedded in: tasks/invariant.py).
     clean = tmp_path / "clean"
     run_index(docs, clean)
-    got, want = _live(final), _live(Store(clean))
+    got, want = live_rows(final), live_rows(open_store(clean))
     assert got.keys() == want.keys() and len(got) == final.meta().live_rows == n
     assert all(torch.equal(got[k], want[k]) for k in want), max(float((got[k] - want[k]).abs().max()) for k in want)

@@ -6,7 +6,7 @@ import hashlib
 import json
 
 from conftest import write_corpus
-from tasks.load import load_documents
+from tasks.ingest.load import load_documents
 
 
 def test_loads_text_markdown_jsonl_tree_with_stable_ids(tmp_path):
@@ -43,7 +43,7 @@ def test_bad_files_are_named_and_skipped_rest_loads(tmp_path):
     assert "binary.txt: binary file" in msgs
     assert "latin1.txt: not UTF-8 text (byte 0xe9 at offset 3)" in msgs
     assert "image.png: unsupported file type .png" in msgs
-    assert "bad.jsonl: line 2: not valid JSON" in msgs
+    assert "bad.jsonl: line 2: invalid JSON (" in msgs
     assert "bad.jsonl: line 3: needs a non-empty string field 'text'" in msgs
     # Whole-file failures are remembered so that their previously indexed versions are kept.
     assert res.failed_paths == {"empty.txt", "blank.md", "binary.txt", "latin1.txt"}

@@ -8,9 +8,9 @@ import json
 import pyarrow.parquet as pq
 
 from conftest import write_corpus
-from storage.store import Store
-from tasks.demo_docs import csv_text, docx_bytes, html_page, pdf_bytes
-from tasks.load import load_documents
+from storage.store import open_store
+from tasks.demo.docs import csv_text, docx_bytes, html_page, pdf_bytes
+from tasks.ingest.load import load_documents
 
 
 def _page(topic: str, n: int, fact: str = "") -> str:
@@ -100,12 +100,12 @@ def test_a_pdf_with_an_empty_user_password_is_read(tmp_path):
 
 def test_index_and_search_every_format_with_pages(prefect_harness, tmp_path):
     from flows.index import run_index
-    from tasks.retrieve import search
+    from tasks.retrieval.search import search
 
     docs, store = _mixed(tmp_path / "docs"), tmp_path / "store"
     rep = run_index(docs, store)
     assert rep.added == 8 and rep.skipped_files == []
-    assert Store(store).verify().problems == []
+    assert open_store(store).verify().problems == []
     queries = {"How much drinking water does the Ostervik reservoir hold?": "report.pdf",
                "When was the Skarv lighthouse built?": "page.html",
                "How long is the crossing to Varnes?": "handbook.docx",
@@ -138,14 +138,14 @@ def test_incremental_csv_row_edit_reembeds_one_row_and_pdf_change_the_whole_docu
     rep = run_index(docs, store)
     assert sorted(rep.embedded_doc_ids) == ["report.pdf", "st.csv#r4"]
     assert (rep.changed, rep.unchanged) == (2, 5)
-    pdf_chunks = [r for r in Store(store).manifest().to_pylist() if r["doc_id"] == "report.pdf"]
+    pdf_chunks = [r for r in open_store(store).manifest().to_pylist() if r["doc_id"] == "report.pdf"]
     assert rep.chunks_embedded == pdf_chunks[0]["n_chunks"] + 1  # the whole PDF, one row
     # A PDF that cannot be read now keeps its indexed version (a truncated re-export, a file mid-copy).
     good = (docs / "report.pdf").read_bytes()
     (docs / "report.pdf").write_bytes(good[: len(good) // 2])
     rep = run_index(docs, store)
     assert any(s.startswith("report.pdf: truncated PDF") for s in rep.skipped_files)
-    assert "report.pdf" in {r["doc_id"] for r in Store(store).manifest().to_pylist()} and rep.removed == 0
+    assert "report.pdf" in {r["doc_id"] for r in open_store(store).manifest().to_pylist()} and rep.removed == 0
 
 
 def test_a_store_written_before_the_location_columns_loads_and_verifies(prefect_harness, tmp_path):
@@ -155,7 +155,7 @@ def test_a_store_written_before_the_location_columns_loads_and_verifies(prefect_
     import pyarrow as pa
 
     from flows.index import run_index
-    from tasks.retrieve import search
+    from tasks.retrieval.search import search
 
     docs = write_corpus(tmp_path / "docs", {"a.txt": "The Ostervik reservoir holds drinking water.",
                                             "b.txt": "The ferry leaves from gate B."})
@@ -169,7 +169,7 @@ def test_a_store_written_before_the_location_columns_loads_and_verifies(prefect_
         pq.write_table(old, path)
         shard["chunks_sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
     (store / "index.json").write_text(json.dumps(index))
-    assert Store(store).verify().problems == []
+    assert open_store(store).verify().problems == []
     hits, _ = search(str(store), ["reservoir drinking water"], k=1)
     assert hits[0].doc_ids == ["a.txt"] and hits[0].pages == [(None, None)]
-    assert pa.types.is_int32(Store(store).read_chunks(index["shards"][0]["name"]).schema.field("page_start").type)
+    assert pa.types.is_int32(open_store(store).read_chunks(index["shards"][0]["name"]).schema.field("page_start").type)

@@ -6,17 +6,8 @@ import math
 
 import pytest
 
-from tasks.metrics import (
-    answers_differ,
-    contains_gold,
-    exact_match,
-    mrr_at_k,
-    ndcg_at_k,
-    normalize_answer,
-    recall_at_k,
-    support,
-    token_f1,
-)
+from tasks.evaluation.metrics import contains_gold, exact_match, mrr_at_k, ndcg_at_k, recall_at_k, token_f1
+from tasks.text import answers_differ, normalize_answer, support
 
 
 def test_squad_normalization_em_f1():

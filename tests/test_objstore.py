@@ -8,94 +8,41 @@ upload their shards themselves.
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
-import uuid
 
 import pytest
 import torch
 
 from conftest import ROOT
-from storage.meta import StoreError
-from storage.store import Store
+from helpers import CLI, DOCS, FP, committed_docs, live_rows, make_corpus, store_content, write_test_shard
+from storage.store import open_store
+from storage.store.meta import StoreError
 from storage.testing import KILL_ENV
 
 pytest.importorskip("moto")
-FP = {"id": "fp-test", "name": "model-test", "pooling": "mean", "dim": 4}
-
-
-class S3:
-    """The loopback S3 endpoint: environment for subprocesses, and a fresh bucket per test."""
-
-    def __init__(self, port: int):
-        self.env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                    "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
-                    "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1"}
-
-    def bucket(self) -> str:
-        import boto3
-
-        name = f"t-{uuid.uuid4().hex[:12]}"
-        boto3.client("s3", endpoint_url=self.env["AWS_ENDPOINT_URL"]).create_bucket(Bucket=name)
-        return name
-
-
-@pytest.fixture(scope="session")
-def s3():
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = S3(port)
-    saved = {k: os.environ.get(k) for k in endpoint.env}
-    os.environ.update(endpoint.env)
-    try:
-        yield endpoint
-    finally:
-        server.stop()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 @pytest.fixture()
 def url(s3):
     return f"s3://{s3.bucket()}/store"
 
 
-def _shard(store, docs, seed=0):
-    from test_incremental import _shard as shard
-
-    return shard(store, docs, seed=seed)
-
-
 # ---------------------------------------------------------------- store level (no model)
 def test_commits_are_conditional_and_objects_immutable(url):
-    st = Store(url)
-    assert type(st).__name__ == "ObjectStore" and st.root == url and not st.exists()
-    st.commit(FP, 4, [_shard(st, {"a": ("h1", 2), "b": ("h1", 3)})])
+    st = open_store(url)
+    assert type(st).__name__ == "S3Store" and st.root == url and not st.exists()
+    st.commit(FP, 4, [write_test_shard(st, {"a": ("h1", 2), "b": ("h1", 3)})])
     assert st.verify().problems == [] and st.meta().generation == 1
 
     # Two writers read generation 1 and both publish a generation 2 on it (the window between a commit's read
     # of index.json and its conditional PUT, held open): exactly one commits, the other is told why.
-    one, two = Store(url), Store(url)
+    one, two = open_store(url), open_store(url)
     old = one.meta()
     two.meta()
-    w1, w2 = _shard(one, {"c": ("h1", 1)}, seed=1), _shard(two, {"d": ("h1", 1)}, seed=2)
+    w1, w2 = write_test_shard(one, {"c": ("h1", 1)}, seed=1), write_test_shard(two, {"d": ("h1", 1)}, seed=2)
     results: dict[str, object] = {}
 
     def publish(name, store, write):
@@ -113,7 +60,7 @@ def test_commits_are_conditional_and_objects_immutable(url):
         t.join()
     errors = [r for r in results.values() if isinstance(r, StoreError)]
     assert len(errors) == 1 and "another writer committed since this one read generation 1" in str(errors[0])
-    final = Store(url)
+    final = open_store(url)
     assert final.meta().generation == 2 and final.verify().problems == []
     assert {r["doc_id"] for r in final.manifest().to_pylist()} in ({"a", "b", "c"}, {"a", "b", "d"})
     # Orphans: generation 1's manifest (retired) and the loser's manifest and shard pair (never live).
@@ -143,54 +90,53 @@ def _next_generation(store, old, write):
 
 def test_lease_excludes_a_second_writer_until_it_expires(url, monkeypatch):
     monkeypatch.setenv("RAGBATCH_S3_LEASE_TTL_S", "2")
-    st = Store(url)
+    st = open_store(url)
     st.commit(FP, 4, [])
-    holder = Store(url).lock()
+    holder = open_store(url).lock()
     with holder:
         raw = st.objects.get(".lease")[0].decode()
         assert '"holder": "pid' in raw and '"expires"' in raw and '"renewals"' in raw
         with pytest.raises(StoreError, match=rf"is locked by pid {os.getpid()} on .* expires in"):
-            Store(url).lock().__enter__()
+            open_store(url).lock().__enter__()
         time.sleep(2.5)  # renewed in the background: still held after its TTL
         assert holder.state["renewals"] >= 1
         with pytest.raises(StoreError, match="is locked by pid"):
-            Store(url).lock().__enter__()
+            open_store(url).lock().__enter__()
     # Released: the next writer gets it at once.
-    with Store(url).lock():
+    with open_store(url).lock():
         pass
 
     # A holder that stops renewing (killed) is taken over only after expiry, and then cannot commit.
-    dead = Store(url).lock().__enter__()
+    dead = open_store(url).lock().__enter__()
     dead._stop.set()
     dead._thread.join()
     t0 = time.monotonic()
-    with Store(url).lock(wait_s=10) as taker:
+    with open_store(url).lock(wait_s=10) as taker:
         assert time.monotonic() - t0 > 1.0  # waited for the expiry
         assert taker.state["took_over_from"] == dead.state["holder"]
         with pytest.raises(StoreError, match="expired and is now held by pid"):
             dead.renew()
-    assert Store(url).verify().problems == []
+    assert open_store(url).verify().problems == []
 
 
 def test_garbage_is_collected_only_after_the_grace_period(url, monkeypatch):
-    st = Store(url)
-    st.commit(FP, 4, [_shard(st, {"a": ("h1", 2)})])
+    st = open_store(url)
+    st.commit(FP, 4, [write_test_shard(st, {"a": ("h1", 2)})])
     first = st.meta()
-    st.commit(FP, 4, [_shard(st, {"a": ("h2", 2)}, seed=3)])  # replaces a: its old shard is dropped
+    st.commit(FP, 4, [write_test_shard(st, {"a": ("h2", 2)}, seed=3)])  # replaces a: its old shard is dropped
     assert len(st.verify().orphans) == 3  # old manifest and shard pair: kept for slow readers
     # A reader still on the first generation reads it whole.
-    old_emb, _ = Store(url).read_shard(first.shards[0], check_sha=True)
+    old_emb, _ = open_store(url).read_shard(first.shards[0], check_sha=True)
     assert old_emb.shape == (2, 4)
     monkeypatch.setenv("RAGBATCH_S3_GC_GRACE_S", "0")
-    removed = Store(url).collect_garbage()
-    assert len(removed) == 3 and Store(url).verify().orphans == [] and Store(url).verify().problems == []
+    removed = open_store(url).collect_garbage()
+    assert len(removed) == 3 and open_store(url).verify().orphans == [] and open_store(url).verify().problems == []
 
 
 # ---------------------------------------------------------------- flows (packaged embedder)
 def _content(store):
-    from test_incremental import _live
 
-    return _live(Store(store))
+    return live_rows(open_store(store))
 
 
 def _untied(res):
@@ -199,14 +145,13 @@ def _untied(res):
 
 
 def test_index_search_verify_on_s3_equal_a_local_store(prefect_harness, url, tmp_path):
-    from test_incremental import _make_corpus
     from typer.testing import CliRunner
 
     from flows.index import run_index
     from ragbatch.cli import app
-    from tasks.retrieve import search
+    from tasks.retrieval.search import search
 
-    docs = _make_corpus(tmp_path / "docs", 30)
+    docs = make_corpus(tmp_path / "docs", 30)
     remote = run_index(docs, url, batch_docs=8)
     local = run_index(docs, tmp_path / "local", batch_docs=8)
     assert (remote.added, remote.live_chunks, remote.shards) == (30, local.live_chunks, local.shards)
@@ -222,29 +167,28 @@ def test_index_search_verify_on_s3_equal_a_local_store(prefect_harness, url, tmp
     out = CliRunner().invoke(app, ["verify", "--store", url])
     assert out.exit_code == 0 and f"OK {url}: generation" in out.output and "in step" in out.output, out.output
     # A machine with an empty BM25 cache syncs it from the store's chunk tables at the committed generation.
-    cache = Store(url).bm25_root()
+    cache = open_store(url).bm25_root()
     shutil.rmtree(cache)
-    from tasks.retrieve import _INDEX_CACHE
+    from tasks.retrieval.search import clear_index_cache
 
-    _INDEX_CACHE.clear()  # a fresh process on another machine
+    clear_index_cache()  # a fresh process on another machine
     (r,), _ = search(url, ["Record 7 version 0"], k=5, retriever="bm25")
     assert r.scores == pytest.approx(want_hits["bm25"].scores, abs=1e-5) and _untied(r) == _untied(want_hits["bm25"])
-    from storage.bm25 import DiskBM25
+    from storage.store.bm25 import DiskBM25
 
-    assert DiskBM25(cache).state() == (Store(url).meta().generation, remote.live_chunks)
+    assert DiskBM25(cache).state() == (open_store(url).meta().generation, remote.live_chunks)
     again = run_index(docs, url, batch_docs=8)
     assert (again.unchanged, again.chunks_embedded) == (30, 0)
 
 
 def test_killed_runs_on_s3_resume_and_a_second_writer_is_refused(prefect_harness, s3, api_env, url, tmp_path):
-    from test_incremental import _committed, _make_corpus
 
     from flows.index import run_index
 
     n, batch = 40, 4
-    docs = _make_corpus(tmp_path / "docs", n)
+    docs = make_corpus(tmp_path / "docs", n)
     env = dict(api_env, **s3.env, RAGBATCH_S3_LEASE_TTL_S="3")
-    cmd = [sys.executable, "-m", "ragbatch.cli", "index", str(docs), "--store", url, "--batch-docs", str(batch),
+    cmd = [*CLI, "index", str(docs), "--store", url, "--batch-docs", str(batch),
            "--wait", "30"]
     committed: dict = {}
     steps = [("after-shard:3", 8), ("mid-shard:2", 12), ("after-manifest:2", 16), ("before-index-json:3", 24),
@@ -253,20 +197,20 @@ def test_killed_runs_on_s3_resume_and_a_second_writer_is_refused(prefect_harness
         proc = subprocess.run(cmd, env=dict(env, **{KILL_ENV: point}), cwd=ROOT, capture_output=True, text=True,
                               timeout=300)
         assert proc.returncode == -signal.SIGKILL, f"{point}: {proc.stdout[-2000:]} {proc.stderr[-2000:]}"
-        now = _committed(url)
+        now = committed_docs(url)
         assert len(now) == expect, point
         assert all(now[d] == committed[d] for d in committed), point  # nothing committed before was redone
         committed = now
-        assert Store(url).verify().problems == [], point
-        assert Store(url).objects.head(".lease") is not None  # the dead writer's lease, taken over once expired
+        assert open_store(url).verify().problems == [], point
+        assert open_store(url).objects.head(".lease") is not None  # the dead writer's lease, taken over once expired
 
     # A live writer (stalled by the test hook, renewing its lease) refuses a second one, naming it.
     proc = subprocess.Popen(cmd[:-2] + ["--batch-docs", "1"], env=dict(env, **{KILL_ENV: "after-index-json:1:stall"}),
                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        gen = Store(url).meta().generation
+        gen = open_store(url).meta().generation
         deadline = time.monotonic() + 120
-        while Store(url).meta().generation < gen + 1:
+        while open_store(url).meta().generation < gen + 1:
             assert proc.poll() is None and time.monotonic() < deadline
             time.sleep(0.1)
         time.sleep(4)  # past the TTL: the lease is held because it is renewed, not because it is young
@@ -276,14 +220,14 @@ def test_killed_runs_on_s3_resume_and_a_second_writer_is_refused(prefect_harness
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-    assert Store(url).verify().problems == []
-    committed = _committed(url)
+    assert open_store(url).verify().problems == []
+    committed = committed_docs(url)
 
     proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    final = _committed(url)
+    final = committed_docs(url)
     assert len(final) == n and all(final[d] == committed[d] for d in committed)
-    assert Store(url).verify().problems == [] and Store(url).objects.head(".lease") is None
+    assert open_store(url).verify().problems == [] and open_store(url).objects.head(".lease") is None
     clean = tmp_path / "clean"
     run_index(docs, clean)
     got, want = _content(url), _content(clean)  # a resumed run's embeddings are a clean run's, bit for bit
@@ -291,9 +235,9 @@ def test_killed_runs_on_s3_resume_and_a_second_writer_is_refused(prefect_harness
         max(float((got[k] - want[k]).abs().max()) for k in want)
 
 
+@pytest.mark.dask
 def test_dask_workers_write_shards_straight_to_s3(prefect_harness, url, tmp_path):
     pytest.importorskip("prefect_dask")
-    from test_dask import DOCS, _store_content
 
     from conftest import write_corpus
     from flows.index import run_index
@@ -302,8 +246,8 @@ def test_dask_workers_write_shards_straight_to_s3(prefect_harness, url, tmp_path
     threads = run_index(corpus, tmp_path / "threads", batch_docs=2)
     dask = run_index(corpus, url, batch_docs=2, runner="dask", dask_workers=2)
     assert (dask.added, dask.chunks_embedded, dask.shards) == (8, threads.chunks_embedded, 4)
-    m1, man1, ch1 = _store_content(tmp_path / "threads")
-    m2, man2, ch2 = _store_content(url)
+    m1, man1, ch1 = store_content(tmp_path / "threads")
+    m2, man2, ch2 = store_content(url)
     assert man1 == man2 and sorted(ch1) == sorted(ch2) and len(ch1) == m1.live_rows == m2.live_rows
     assert all(torch.equal(ch1[c][2], ch2[c][2]) for c in ch1)
-    assert Store(url).verify().problems == []
+    assert open_store(url).verify().problems == []

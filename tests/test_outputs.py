@@ -11,17 +11,11 @@ import os
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from conftest import FAST_GENERATOR, write_corpus
+from conftest import SMALLEST_GENERATOR, write_corpus
+from helpers import CLI, invoke
 from storage.outputs import OutputPathError, check_outputs, store_root
-from storage.store import Store
-
-
-def _cli(*args: str):
-    from ragbatch.cli import app
-
-    return CliRunner().invoke(app, list(args))
+from storage.store import open_store
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:
@@ -55,16 +49,16 @@ def test_answer_refuses_outputs_inside_a_store_or_over_an_input(indexed, tmp_pat
                      (store / "shards" / "results.parquet", "inside the store"),
                      (link / "results.parquet", "inside the store"),  # a symlink does not hide it
                      (questions, "would overwrite the run's input")]:
-        res = _cli("answer", str(questions), "--store", str(store), "--out", str(out))
+        res = invoke("answer", str(questions), "--store", str(store), "--out", str(out))
         assert res.exit_code == 2 and msg in " ".join(res.output.split()), (out, res.output)
     assert _snapshot(store) == before and questions.read_bytes() == q_before
-    assert Store(store).verify().problems == []
+    assert open_store(store).verify().problems == []
 
     # A run config naming such an out is refused the same way (the same check, before any work).
     cfg = tmp_path / "run.config.json"
     cfg.write_text(json.dumps({"questions": [str(questions)], "store": str(store), "out": str(manifest),
                                "retrieval": {}, "generation": {}}))
-    res = _cli("answer", "--config", str(cfg))
+    res = invoke("answer", "--config", str(cfg))
     assert res.exit_code == 2 and "inside the store" in " ".join(res.output.split()), res.output
     assert _snapshot(store) == before
 
@@ -78,17 +72,17 @@ def test_the_flows_refuse_them_too(indexed, tmp_path):
     store, questions = indexed
     before = _snapshot(store)
     with pytest.raises(OutputPathError, match="inside the store"):
-        run_answer(questions, store, store / "shards" / "x.parquet", generator=FAST_GENERATOR)
+        run_answer(questions, store, store / "shards" / "x.parquet", generator=SMALLEST_GENERATOR)
     with pytest.raises(OutputPathError, match="would overwrite the run's input"):
-        run_answer(questions, store, questions, generator=FAST_GENERATOR)
+        run_answer(questions, store, questions, generator=SMALLEST_GENERATOR)
     with pytest.raises(OutputPathError, match="inside the store"):
         run_eval(str(questions), store, store / "report", corpus=str(tmp_path))
     inbox = tmp_path / "inbox"
     inbox.mkdir()
     with pytest.raises(OutputPathError, match="inside the store"):
-        run_inbox(inbox, store / "results", store, generator=FAST_GENERATOR)
+        run_inbox(inbox, store / "results", store, generator=SMALLEST_GENERATOR)
     with pytest.raises(OutputPathError, match="inside the run's input folder"):
-        run_inbox(inbox, inbox / "results", store, generator=FAST_GENERATOR)
+        run_inbox(inbox, inbox / "results", store, generator=SMALLEST_GENERATOR)
     assert _snapshot(store) == before
 
 
@@ -119,13 +113,12 @@ def test_verify_reports_a_damaged_store_and_an_unreachable_one_in_lines(indexed,
     shutil.copytree(store, damaged)
     manifest = next(damaged.glob("manifest-*.parquet"))
     shutil.copy(questions, manifest)  # what `--out STORE/manifest-N.parquet` used to do
-    res = _cli("verify", "--store", str(damaged))
+    res = invoke("verify", "--store", str(damaged))
     assert res.exit_code == 1 and isinstance(res.exception, SystemExit) and "Traceback" not in res.output, res.output
     assert "not a manifest of this store" in " ".join(res.output.split()), res.output
 
     pytest.importorskip("s3fs")
     import subprocess
-    import sys
 
     from conftest import ROOT
 
@@ -135,7 +128,7 @@ def test_verify_reports_a_damaged_store_and_an_unreachable_one_in_lines(indexed,
     env = dict(os.environ, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1",
                AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}", AWS_MAX_ATTEMPTS="1", COLUMNS="200")
     # A fresh process: this one may hold S3 clients of the loopback server that other tests started.
-    proc = subprocess.run([sys.executable, "-m", "ragbatch.cli", "verify", "--store", "s3://nobucket/store"], env=env,
+    proc = subprocess.run([*CLI, "verify", "--store", "s3://nobucket/store"], env=env,
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 2 and "could not check" in out, out
@@ -152,19 +145,20 @@ def test_a_second_run_on_the_same_out_is_refused_or_waits(indexed, tmp_path):
 
     from conftest import ROOT
     from flows.answer import run_answer
-    from storage.meta import StoreError
+    from storage.store.meta import StoreError
 
     store, questions = indexed
     out = tmp_path / "out.parquet"
-    hold = ("import sys, time; from pathlib import Path; from storage.lock import output_lock\n"
+    hold = ("import sys, time; from pathlib import Path; from storage.store.lock import output_lock\n"
             "with output_lock(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(float(sys.argv[2]))")
     holder = subprocess.Popen([sys.executable, "-c", hold, str(out), "600"], cwd=ROOT, stdout=subprocess.PIPE,
                               text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(StoreError, match=rf"output {out} is locked by pid {holder.pid} .*--wait"):
-            run_answer(questions, store, out, generator=FAST_GENERATOR, max_new_tokens=2)
-        res = _cli("answer", str(questions), "--store", str(store), "--out", str(out), "--generator", FAST_GENERATOR)
+            run_answer(questions, store, out, generator=SMALLEST_GENERATOR, max_new_tokens=2)
+        res = invoke("answer", str(questions), "--store", str(store), "--out", str(out),
+                   "--generator", SMALLEST_GENERATOR)
         assert res.exit_code == 2 and "another answer run is writing it" in " ".join(res.output.split()), res.output
         assert not out.exists()
     finally:
@@ -175,7 +169,7 @@ def test_a_second_run_on_the_same_out_is_refused_or_waits(indexed, tmp_path):
                               text=True)
     assert holder.stdout.readline().strip() == "held"
     t0 = time.monotonic()
-    rep = run_answer(questions, store, out, generator=FAST_GENERATOR, max_new_tokens=2, lock_wait_s=120)
+    rep = run_answer(questions, store, out, generator=SMALLEST_GENERATOR, max_new_tokens=2, lock_wait_s=120)
     holder.wait()
     assert rep.questions == 1 and out.exists() and time.monotonic() - t0 >= 1
     assert not out.with_name(out.name + ".lock").exists()
@@ -215,8 +209,8 @@ def test_an_unwritable_out_folder_is_refused_before_any_work(indexed, tmp_path):
     with pytest.raises(OutputPathError, match=f"cannot write in {folder} "):
         check_outputs([folder / "deeper" / "results.parquet"])
     t0 = time.perf_counter()
-    res = _cli("answer", str(questions), "--store", str(store), "--out", str(folder / "results.parquet"),
-               "--generator", FAST_GENERATOR)
+    res = invoke("answer", str(questions), "--store", str(store), "--out", str(folder / "results.parquet"),
+               "--generator", SMALLEST_GENERATOR)
     assert res.exit_code == 2 and f"cannot write in {folder}" in res.output, res.output
     assert time.perf_counter() - t0 < 10  # refused up front, not after loading a model
     with pytest.raises(OutputPathError, match="it is a file, not a folder"):

@@ -9,8 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tasks.demo_data import DEMO_QUESTIONS
-from tasks.questions import Question, QuestionFileError, load_questions
+from tasks.demo.corpus import DEMO_QUESTIONS
+from tasks.ingest.questions import Question, QuestionFileError, load_questions
 
 
 def _write(path: Path, text: str) -> Path:
@@ -238,7 +238,7 @@ def test_demo_questions_file_loads_cleanly() -> None:
 
 def test_a_100k_character_question_is_a_row_error(tmp_path: Path) -> None:
     """Issue 22, finding 7: it was answered as normal, after 4 min and 4.3 GB, past the generator's context."""
-    from tasks.questions import MAX_QUESTION_CHARS
+    from tasks.ingest.questions import MAX_QUESTION_CHARS
 
     f = tmp_path / "q.jsonl"
     f.write_text(json.dumps({"id": "huge", "question": "why " * 25_000}) + "\n"
@@ -264,7 +264,7 @@ def test_a_large_question_file_is_streamed_in_bounded_memory(tmp_path: Path) -> 
         out.write(json.dumps({"question": "x" * 3_000_000}) + "\n")
     assert f.stat().st_size > 100e6
     script = (
-        "import resource, sys; from tasks.questions import QuestionStream\n"
+        "import resource, sys; from tasks.ingest.questions import QuestionStream\n"
         "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
         "s = QuestionStream(sys.argv[1]); n = sum(len(b) for b in s.batches(64))\n"
         "print(n, len(s.errors), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)\n"

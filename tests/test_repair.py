@@ -7,17 +7,16 @@ re-embeds the documents of the missing or corrupt shards and commits a consisten
 
 from __future__ import annotations
 
-from test_objstore import s3  # noqa: F401 - the loopback S3 server fixture
 from typer.testing import CliRunner
 
 from conftest import write_corpus
-from storage.store import Store
+from storage.store import open_store
 
 DOCS = {f"d{i}.txt": f"Document {i} tells of river number {i} and its {i * 7} bridges." for i in range(4)}
 
 
 def _search_ok(store: str) -> list[str]:
-    from tasks.retrieve import search
+    from tasks.retrieval.search import search
 
     (res,), _ = search(store, ["river number 2 bridges"], k=1, retriever="dense")
     return res.doc_ids
@@ -28,17 +27,17 @@ def _damage_and_repair(store: str, docs, delete) -> None:
     from ragbatch.cli import app
 
     run_index(docs, store, batch_docs=1)  # one shard per document
-    victim = next(r["shard"] for r in Store(store).manifest().to_pylist() if r["doc_id"] == "d2.txt")
+    victim = next(r["shard"] for r in open_store(store).manifest().to_pylist() if r["doc_id"] == "d2.txt")
     delete(victim)
-    rep = Store(store).verify()
+    rep = open_store(store).verify()
     assert rep.problems and rep.damaged_shards == [victim]
     res = CliRunner().invoke(app, ["verify", "--store", store])
     assert res.exit_code == 1 and "--repair" in " ".join(res.output.split()), res.output
     plain = run_index(docs, store, batch_docs=1)
-    assert plain.unchanged == 4 and plain.repaired == 0 and Store(store).verify().problems  # trusts the commit
+    assert plain.unchanged == 4 and plain.repaired == 0 and open_store(store).verify().problems  # trusts the commit
     fixed = run_index(docs, store, batch_docs=1, repair=True)
     assert (fixed.repaired, fixed.changed, fixed.unchanged, fixed.chunks_embedded) == (1, 1, 3, 1)
-    after = Store(store).verify()
+    after = open_store(store).verify()
     assert after.problems == [] and after.damaged_shards == [] and after.documents == 4
     assert _search_ok(store) == ["d2.txt"]
     again = run_index(docs, store, batch_docs=1, repair=True)
@@ -51,7 +50,7 @@ def test_repair_a_local_store(prefect_harness, tmp_path):
     _damage_and_repair(str(store), docs, lambda name: next((store / "shards").glob(f"{name}*.safetensors")).unlink())
 
 
-def test_repair_an_s3_store(prefect_harness, s3, tmp_path):  # noqa: F811
+def test_repair_an_s3_store(prefect_harness, s3, tmp_path):
     import boto3
 
     url = f"s3://{s3.bucket()}/store"

@@ -8,14 +8,14 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 
 from conftest import ROOT
-from storage.report_html import render_answer_report, report_path, script_json
-from storage.results import write_results
-from tasks.diff import gold_spans, segments, support_in, support_spans, tokens, word_diff, words
-from tasks.metrics import content_tokens, support
-from tasks.report import build_report
+from helpers import CLI
+from storage.reports.html import render_answer_report, report_path, script_json
+from storage.runs.results import write_results
+from tasks.reporting.cards import build_report
+from tasks.reporting.marks import gold_spans, segments, support_in, support_spans, tokens, word_diff, words
+from tasks.text import content_tokens, support
 
 LLAMA = "Llama 3 was pretrained on over 15 trillion tokens of data from publicly available sources."
 
@@ -34,7 +34,8 @@ def test_word_diff_removed_and_added_words():
 
 
 def test_word_diff_ignores_what_answers_differ_ignores():
-    # Case and punctuation are not a change (tasks.metrics.answers_differ says the same); kept words are shown
+    # Case and punctuation are not a change (tasks.evaluation.metrics.answers_differ says the same); kept words are
+    # shown
     # as the RAG answer wrote them.
     assert word_diff("15 Trillion.", "15 trillion") == [("=", "15 trillion")]
 
@@ -126,7 +127,7 @@ def test_a_table_written_before_dense_scores_reads_and_renders(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from storage.results import RESULT_SCHEMA, read_results
+    from storage.runs.results import RESULT_SCHEMA, read_results
 
     row = _row("q1", "How many tokens?", "no idea", "15 trillion tokens", [LLAMA], ["15 trillion"])
     old = pa.Table.from_pylist([row], schema=RESULT_SCHEMA).drop_columns(["dense_scores"])
@@ -168,8 +169,8 @@ def test_offsets_are_utf16_for_the_browser_after_an_astral_character():
 
 
 def test_answers_markdown_links_the_report_and_stays_one_table(tmp_path):
-    from flows.answer import answers_markdown
-    from storage.results import ResultRow
+    from storage.reports.markdown import answers_markdown
+    from storage.runs.results import ResultRow
 
     rows = [ResultRow.from_record(_row("q|1", "a\n| b", "<script>x</script>", "`y`", [LLAMA]))]
     md = answers_markdown(rows, report=str(tmp_path / "we(ird) [x].report.html"))
@@ -193,7 +194,7 @@ def test_show_prints_user_text_literally(tmp_path):
     pq.write_table(pa.Table.from_pylist(rows), results)  # with issue 12's page and citation columns
 
     def run(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "ragbatch.cli", "show", str(results), *args], cwd=ROOT,
+        return subprocess.run([*CLI, "show", str(results), *args], cwd=ROOT,
                               capture_output=True, text=True, timeout=120, env={"COLUMNS": "200", "PATH": "/usr/bin",
                                                                                "PYTHONPATH": str(ROOT)})
 
@@ -209,6 +210,6 @@ def test_show_prints_user_text_literally(tmp_path):
     assert summary.returncode == 0 and "answers changed by retrieval" in summary.stdout and "q2" in summary.stdout
     missing = run("nope")
     assert missing.returncode == 2 and "no question 'nope'" in missing.stderr
-    bad = subprocess.run([sys.executable, "-m", "ragbatch.cli", "show", str(tmp_path / "none.parquet")], cwd=ROOT,
+    bad = subprocess.run([*CLI, "show", str(tmp_path / "none.parquet")], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "none.parquet: no such result table" in bad.stderr

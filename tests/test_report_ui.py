@@ -11,17 +11,12 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 import urllib.request
 
 import pytest
-from test_ui import CHROMIUM, CHROMIUM_ARGS
 
-from conftest import FAST_GENERATOR, ROOT, write_corpus
-
-needs_chromium = pytest.mark.skipif(
-    not CHROMIUM.exists(), reason="Debian's chromium is not installed at /usr/bin/chromium (scripts/test.sh installs "
-    "it when run as root: apt-get install -y chromium)")
+from conftest import ROOT, SMALLEST_GENERATOR, write_corpus
+from helpers import CLI, launch_chromium, needs_chromium
 
 INJECT_Q = "</script><script>window.x=1</script> What does the gallery page show?"
 INJECT_DOC = 'The gallery page shows <img src=x onerror="window.y=1"> a picture of the harbour at night.'
@@ -50,7 +45,7 @@ def answered(prefect_harness, tmp_path_factory):
     qfile = tmp / "questions.jsonl"
     qfile.write_text("".join(json.dumps(q) + "\n" for q in QUESTIONS))
     run_index(docs, tmp / "store")
-    report = run_answer(qfile, tmp / "store", tmp / "results.parquet", k=2, generator=FAST_GENERATOR,
+    report = run_answer(qfile, tmp / "store", tmp / "results.parquet", k=2, generator=SMALLEST_GENERATOR,
                         max_new_tokens=12)
     return tmp, report
 
@@ -62,7 +57,7 @@ def test_report_file_beside_the_table_and_the_prefect_artifacts(answered):
     assert report.report == str(tmp / "results.report.html") and (tmp / "results.report.html").stat().st_size > 5000
     rows = {r.question_id: r.to_record() for r in report.rows}
     # Hybrid ranks by RRF; the table also keeps each passage's dense cosine: the score exact dense search gives it.
-    from tasks.retrieve import search
+    from tasks.retrieval.search import search
 
     dense, _ = search(str(tmp / "store"), [q["question"] for q in QUESTIONS], k=5, retriever="dense")
     for q, d in zip(QUESTIONS, dense, strict=True):
@@ -85,10 +80,11 @@ def test_report_file_beside_the_table_and_the_prefect_artifacts(answered):
 
 
 @needs_chromium
+@pytest.mark.browser
 def test_report_in_a_real_browser(answered):
     from playwright.sync_api import expect, sync_playwright
 
-    from tasks.diff import gold_spans, support_spans
+    from tasks.reporting.marks import gold_spans, support_spans
 
     tmp, report = answered
     rows = {r.question_id: r.to_record() for r in report.rows}
@@ -102,7 +98,7 @@ def test_report_in_a_real_browser(answered):
     shots = tmp / "screenshots"
     shots.mkdir()
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        browser = launch_chromium(p)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         requests: list[str] = []
         page.on("request", lambda r: requests.append(r.url))
@@ -159,8 +155,8 @@ def test_the_cli_ends_by_printing_the_report_path(answered, api_env):
     qfile = tmp / "one.jsonl"
     qfile.write_text(json.dumps({"id": "x", "question": "What is the capital of Italy?"}) + "\n")
     out = tmp / "cli" / "res.parquet"
-    run = subprocess.run([sys.executable, "-m", "ragbatch.cli", "answer", str(qfile), "--store", str(tmp / "store"),
-                          "--out", str(out), "-k", "1", "--generator", FAST_GENERATOR, "--max-new-tokens", "4"],
+    run = subprocess.run([*CLI, "answer", str(qfile), "--store", str(tmp / "store"),
+                          "--out", str(out), "-k", "1", "--generator", SMALLEST_GENERATOR, "--max-new-tokens", "4"],
                          cwd=ROOT, env=dict(api_env, COLUMNS="400"), capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout + run.stderr
     assert run.stdout.strip().splitlines()[-1] == f"report: {tmp / 'cli' / 'res.report.html'}"

@@ -6,8 +6,8 @@ import shutil
 
 import torch
 
-from conftest import FAST_GENERATOR, write_corpus
-from tasks.rerank import CrossEncoderReranker, GeneratorYesReranker, rerank
+from conftest import SMALLEST_GENERATOR, write_corpus
+from tasks.retrieval.rerank import CrossEncoderReranker, GeneratorYesReranker, rerank
 
 PASSAGES = ["Bananas are yellow fruit.", "Paris is the capital of France.", "The Nile flows north."]
 
@@ -32,9 +32,9 @@ def test_cross_encoder_path_with_a_tiny_random_model(tmp_path, minilm):
 
 def test_generator_yes_reranker_scores_and_search(prefect_harness, tmp_path):
     from flows.index import run_index
-    from tasks.retrieve import search
+    from tasks.retrieval.search import search
 
-    judge = GeneratorYesReranker(FAST_GENERATOR, device="cpu", batch_size=2)
+    judge = GeneratorYesReranker(SMALLEST_GENERATOR, device="cpu", batch_size=2)
     scores = judge.score("What is the capital of France?", PASSAGES)
     assert len(scores) == 3 and all(s <= 0.0 for s in scores)  # log-probabilities
     assert scores == judge.score("What is the capital of France?", PASSAGES)  # deterministic
@@ -42,6 +42,6 @@ def test_generator_yes_reranker_scores_and_search(prefect_harness, tmp_path):
     run_index(docs, tmp_path / "store")
     (base,), _ = search(str(tmp_path / "store"), ["capital of France"], k=6, retriever="dense")
     (rr,), t = search(str(tmp_path / "store"), ["capital of France"], k=3, retriever="dense",
-                      rerank=f"llm:{FAST_GENERATOR}", rerank_depth=6)
+                      rerank=f"llm:{SMALLEST_GENERATOR}", rerank_depth=6)
     assert len(rr.chunk_ids) == 3 and len(set(rr.chunk_ids)) == 3 and set(rr.chunk_ids) <= set(base.chunk_ids)
     assert rr.scores == sorted(rr.scores, reverse=True) and "rerank_s" in t

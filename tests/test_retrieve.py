@@ -7,10 +7,10 @@ import pyarrow as pa
 import torch
 
 from storage.store import CHUNK_SCHEMA
-from tasks.retrieve import DenseIndex, quantize_int8
+from tasks.retrieval.search import LoadedGeneration, quantize_int8
 
 
-def _index(matrix: torch.Tensor, sizes: list[int]) -> DenseIndex:
+def _index(matrix: torch.Tensor, sizes: list[int]) -> LoadedGeneration:
     shards, offsets, off = [], [], 0
     for n in sizes:
         shards.append(matrix[off : off + n])
@@ -18,7 +18,7 @@ def _index(matrix: torch.Tensor, sizes: list[int]) -> DenseIndex:
         off += n
     rows = [{"chunk_id": str(i), "doc_id": str(i), "doc_sha256": "", "chunk_index": 0, "text": "",
              "char_start": 0, "char_end": 0, "n_tokens": 0} for i in range(off)]
-    return DenseIndex(None, 1, {}, shards, offsets, pa.Table.from_pylist(rows, schema=CHUNK_SCHEMA))
+    return LoadedGeneration(None, 1, {}, shards, offsets, pa.Table.from_pylist(rows, schema=CHUNK_SCHEMA))
 
 
 def test_sharded_equals_single_tensor_exactly():
@@ -77,7 +77,7 @@ def test_quantized_matrices_return_near_exact_results():
 
 
 def test_hnsw_recall_against_exact():
-    from tasks.ann import HNSWIndex
+    from tasks.retrieval.backends.ann import HNSWIndex
 
     x, q = _unit(5000, 64, 3), _unit(200, 64, 4)
     exact = _index(x, [5000]).search(q, 10)
@@ -96,14 +96,14 @@ def test_ties_inside_and_at_the_cut_off_take_the_lowest_rows_in_any_tiling(monke
     """Small-integer vectors make dot products exact, so many scores tie whatever the BLAS order; the result must
     equal a stable sort of the full score matrix however the rows are packed and tiled (the fast path checks the
     k + 1 best scores only)."""
-    import tasks.dense
+    import tasks.retrieval.backends.dense
 
     g = torch.Generator().manual_seed(5)
     x = torch.randint(-2, 3, (300, 8), generator=g).float()
     q = torch.randint(-2, 3, (40, 8), generator=g).float()
     ref = torch.sort(q @ x.T, dim=1, descending=True, stable=True)
-    for tile_scores in (tasks.dense.CPU_TILE_SCORES, 40 * 32, 40 * 7):
-        monkeypatch.setattr(tasks.dense, "CPU_TILE_SCORES", tile_scores)
+    for tile_scores in (tasks.retrieval.backends.dense.CPU_TILE_SCORES, 40 * 32, 40 * 7):
+        monkeypatch.setattr(tasks.retrieval.backends.dense, "CPU_TILE_SCORES", tile_scores)
         for sizes in ([300], [100, 7, 193], [1] * 10 + [290]):
             for k in (1, 10, 300, 400):
                 hits = _index(x, sizes).search(q, k, query_batch=16)
@@ -113,7 +113,7 @@ def test_ties_inside_and_at_the_cut_off_take_the_lowest_rows_in_any_tiling(monke
 
 
 def test_rows_are_packed_into_few_matrices_in_row_order():
-    from tasks.loaded import RowPacker
+    from tasks.retrieval.loaded_index import RowPacker
 
     x = _unit(10, 8, 6)
     packer = RowPacker(10, "cpu", "float32", pack_rows=4)
@@ -133,7 +133,7 @@ def test_a_batch_of_queries_is_embedded_once(monkeypatch):
     """A hybrid search and the cosines beside it (or eval's exact and approximate searches) share one embedding."""
     from types import SimpleNamespace
 
-    import tasks.retrievers as retrievers
+    import tasks.retrieval.retrievers as retrievers
     from tasks.cache import ProcessCache
 
     calls: list[list[str]] = []

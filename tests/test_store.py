@@ -6,38 +6,23 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
-import torch
 
-from storage.schema import ManifestRow
-from storage.store import EmbedderMismatchError, Store, StoreError
-from tasks.retrieve import load_dense_index
-
-FP = {"id": "fp-a", "name": "model-a", "pooling": "mean", "dim": 4}
-
-
-def _shard(store: Store, docs: dict[str, tuple[str, int]], seed: int = 0):
-    """Write one shard holding ``n`` chunks for each doc id -> (sha, n)."""
-    g = torch.Generator().manual_seed(seed)
-    rows, manifest = [], []
-    for doc_id, (sha, n) in docs.items():
-        for i in range(n):
-            rows.append({"chunk_id": f"{doc_id}#{i}", "doc_id": doc_id, "doc_sha256": sha, "chunk_index": i,
-                         "text": f"{doc_id} chunk {i}", "char_start": 0, "char_end": 1, "n_tokens": 1})
-        manifest.append(ManifestRow(doc_id=doc_id, path=doc_id, sha256=sha, size=1, mtime=0.0, n_chunks=n, shard="",
-                                    embedder=FP["id"], chunking="c", status="indexed", indexed_at=0.0))
-    emb = torch.nn.functional.normalize(torch.randn(len(rows), 4, generator=g), dim=1)
-    return store.write_shard(emb, pa.Table.from_pylist(rows), manifest)
+from helpers import FP, write_test_shard
+from storage.store import EmbedderMismatchError, StoreError, open_store
+from storage.store.schema import ManifestRow
+from tasks.retrieval.search import load_dense_index
 
 
 def test_commit_tombstones_and_gc(tmp_path):
-    st = Store(tmp_path / "s")
-    st.commit(FP, 4, [_shard(st, {"a": ("h1", 2), "b": ("h1", 3)})])
+    st = open_store(tmp_path / "s")
+    st.commit(FP, 4, [write_test_shard(st, {"a": ("h1", 2), "b": ("h1", 3)})])
     assert st.meta().live_rows == 5 and st.meta().documents == 2
     # b changes (new hash, new shard), a is removed: the first shard keeps only dead rows and is dropped.
-    meta = st.commit(FP, 4, [_shard(st, {"b": ("h2", 1)}, seed=1)], remove_doc_ids={"a"})
+    meta = st.commit(FP, 4, [write_test_shard(st, {"b": ("h2", 1)}, seed=1)], remove_doc_ids={"a"})
     assert (meta.live_rows, meta.documents, len(meta.shards), meta.generation) == (1, 1, 1, 2)
     files = sorted(p.name for p in (tmp_path / "s" / "shards").iterdir())
     assert len(files) == 2  # the dead shard's files were collected
@@ -47,9 +32,9 @@ def test_commit_tombstones_and_gc(tmp_path):
 
 
 def test_partly_dead_shard_serves_only_live_rows(tmp_path):
-    st = Store(tmp_path / "s")
-    st.commit(FP, 4, [_shard(st, {"a": ("h1", 2), "b": ("h1", 2)})])
-    st.commit(FP, 4, [_shard(st, {"a": ("h2", 1)}, seed=3)])
+    st = open_store(tmp_path / "s")
+    st.commit(FP, 4, [write_test_shard(st, {"a": ("h1", 2), "b": ("h1", 2)})])
+    st.commit(FP, 4, [write_test_shard(st, {"a": ("h2", 1)}, seed=3)])
     idx = load_dense_index(st, "cpu")
     assert sorted(idx.chunks["chunk_id"].to_pylist()) == ["a#0", "b#0", "b#1"]
     assert idx.chunks.filter(pa.compute.equal(idx.chunks["doc_id"], "a"))["doc_sha256"].to_pylist() == ["h2"]
@@ -57,31 +42,31 @@ def test_partly_dead_shard_serves_only_live_rows(tmp_path):
 
 
 def test_uncommitted_shard_is_an_orphan_and_previous_generation_stays_readable(tmp_path):
-    st = Store(tmp_path / "s")
-    st.commit(FP, 4, [_shard(st, {"a": ("h1", 2)})])
+    st = open_store(tmp_path / "s")
+    st.commit(FP, 4, [write_test_shard(st, {"a": ("h1", 2)})])
     before = json.loads((tmp_path / "s" / "index.json").read_text())
-    orphan = _shard(st, {"z": ("h9", 4)})  # written, never committed: as if the writer was killed here
+    orphan = write_test_shard(st, {"z": ("h9", 4)})  # written, never committed: as if the writer was killed here
     (tmp_path / "s" / ".tmp-dead-manifest.parquet").write_bytes(b"partial")
     assert json.loads((tmp_path / "s" / "index.json").read_text()) == before
     assert load_dense_index(st, "cpu").rows == 2
-    removed = {p.name for p in st.collect_garbage()}
+    removed = {Path(p).name for p in st.collect_garbage()}
     assert f"{orphan.info.name}.safetensors" in removed
     assert not (tmp_path / "s" / ".tmp-dead-manifest.parquet").exists()
 
 
 def test_embedder_mismatch_is_refused_with_both_names(tmp_path):
-    st = Store(tmp_path / "s")
-    st.commit(FP, 4, [_shard(st, {"a": ("h1", 1)})])
+    st = open_store(tmp_path / "s")
+    st.commit(FP, 4, [write_test_shard(st, {"a": ("h1", 1)})])
     other = {"id": "fp-b", "name": "model-b", "pooling": "cls", "dim": 4}
-    with pytest.raises(EmbedderMismatchError, match=r"built with embedder 'model-a'.*queried with 'model-b'"):
+    with pytest.raises(EmbedderMismatchError, match=r"built with embedder 'model-test'.*queried with 'model-b'"):
         st.check_embedder(other)
 
 
 def test_corrupt_shard_and_missing_store_give_clear_errors(tmp_path):
-    st = Store(tmp_path / "s")
+    st = open_store(tmp_path / "s")
     with pytest.raises(StoreError, match="no index at"):
         st.meta()
-    st.commit(FP, 4, [_shard(st, {"a": ("h1", 2)})])
+    st.commit(FP, 4, [write_test_shard(st, {"a": ("h1", 2)})])
     info = st.meta().shards[0]
     tpath, _ = st.shard_paths(info.name)
     data = bytearray(tpath.read_bytes())
@@ -92,9 +77,9 @@ def test_corrupt_shard_and_missing_store_give_clear_errors(tmp_path):
 
 
 def test_second_writer_is_refused_and_stale_lock_is_taken_over(tmp_path):
-    st = Store(tmp_path / "s")
+    st = open_store(tmp_path / "s")
     with st.lock(), pytest.raises(StoreError, match=r"locked by pid \d+ on"):
-        with Store(tmp_path / "s").lock(wait_s=0.3):
+        with open_store(tmp_path / "s").lock(wait_s=0.3):
             pass
     # A lock left by a process that is gone is taken over.
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
@@ -108,7 +93,7 @@ def test_manifest_row_matches_its_schema():
     """ManifestRow and MANIFEST_SCHEMA are one record: same fields in the same order, and a row round-trips."""
     import dataclasses
 
-    from storage.schema import MANIFEST_SCHEMA, manifest_table
+    from storage.store.schema import MANIFEST_SCHEMA, manifest_table
 
     assert [f.name for f in dataclasses.fields(ManifestRow)] == MANIFEST_SCHEMA.names
     row = ManifestRow(doc_id="a", path="a.txt", sha256="h", size=3, mtime=1.5, n_chunks=2, shard="s",
@@ -120,7 +105,7 @@ def test_result_row_matches_its_schema():
     """ResultRow and RESULT_SCHEMA are one record: same fields in the same order, and a row round-trips."""
     import dataclasses
 
-    from storage.results import RESULT_SCHEMA, ResultRow, results_table
+    from storage.runs.results import RESULT_SCHEMA, ResultRow, results_table
 
     assert [f.name for f in dataclasses.fields(ResultRow)] == RESULT_SCHEMA.names
     cite = {"passage": 1, "chunk_id": "a#0", "doc_id": "a", "page_start": 2, "page_end": 3, "inferred": True}

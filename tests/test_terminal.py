@@ -10,10 +10,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from typer.testing import CliRunner
 
-from conftest import FAST_GENERATOR, write_corpus
-from storage.escape import terminal_text
+from conftest import SMALLEST_GENERATOR, write_corpus
+from helpers import invoke
+from storage.reports.escape import terminal_text
 
 CLEAR, TITLE, LINK, RED, RLO = "\x1b[2J", "\x1b]0;pwned\x07", "\x1b]8;;http://x.invalid\x1b\\", "\x1b[31m", "\u202e"
 HOSTILE = f"{CLEAR}{TITLE}{LINK}{RED}{RLO}"
@@ -24,12 +24,6 @@ def _assert_inert(out: str, whole: bool = True) -> None:
     for raw in ("\x1b", "\x07", "\x9b", RLO):
         assert raw not in out, (raw, out[:2000])
     assert "\\x1b" in out and (not whole or ("\\x1b[2J" in out and "<U+202E>" in out)), out[:2000]
-
-
-def _cli(*args: str):
-    from ragbatch.cli import app
-
-    return CliRunner().invoke(app, list(args))
 
 
 def test_terminal_text_shows_controls_and_keeps_text():
@@ -50,7 +44,7 @@ def hostile_run(prefect_harness, tmp_path_factory):
     questions = root / "q.jsonl"
     questions.write_text(json.dumps({"id": f"q{TITLE}1", "question": f"Which river flows through Paris? {HOSTILE}"})
                          + "\n")
-    report = run_answer(questions, store, root / "out.parquet", k=1, generator=FAST_GENERATOR, max_new_tokens=4)
+    report = run_answer(questions, store, root / "out.parquet", k=1, generator=SMALLEST_GENERATOR, max_new_tokens=4)
     return store, root / "out.parquet", report
 
 
@@ -59,8 +53,8 @@ def test_search_show_and_the_answer_table_print_controls_visibly(hostile_run, ca
     from ragbatch.show import print_answers
 
     store, results, report = hostile_run
-    _assert_inert(_cli("search", "river Paris", "--store", str(store), "-k", "1", "--retriever", "bm25").output)
-    _assert_inert(_cli("show", str(results)).output, whole=False)  # one clipped line per question
-    _assert_inert(_cli("show", str(results), report.rows[0].question_id).output)
+    _assert_inert(invoke("search", "river Paris", "--store", str(store), "-k", "1", "--retriever", "bm25").output)
+    _assert_inert(invoke("show", str(results)).output, whole=False)  # one clipped line per question
+    _assert_inert(invoke("show", str(results), report.rows[0].question_id).output)
     print_answers(console, report.rows)
     _assert_inert(capsys.readouterr().out, whole=False)  # table cells wrap and clip

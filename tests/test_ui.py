@@ -19,17 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FAST_GENERATOR, ROOT, write_corpus
+from conftest import ROOT, SMALLEST_GENERATOR, write_corpus
+from helpers import launch_chromium, needs_chromium
 from storage.paths import PREFECT_OFFLINE_ENV
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--no-first-run", "--disable-sync"]
-pytestmark = pytest.mark.skipif(
-    not CHROMIUM.exists(),
-    reason="Debian's chromium is not installed at /usr/bin/chromium (scripts/test.sh installs it when run as root: "
-           "apt-get install -y chromium)",
-)
+pytestmark = [needs_chromium, pytest.mark.browser]
 PREFECT = str(Path(sys.executable).with_name("prefect"))
 QUESTION = "What is the capital of France?"
 
@@ -110,7 +104,7 @@ def test_answer_deployment_run_and_its_artifact_in_the_ui(tmp_path):
         serve = subprocess.Popen(
             [sys.executable, "-m", "deployments.serve", "--docs", str(docs), "--store", str(store), "--inbox",
              str(inbox), "--results", str(results), "--cron", "", "--inbox-every", "0", "--generator",
-             FAST_GENERATOR, "-k", "1"],
+             SMALLEST_GENERATOR, "-k", "1"],
             cwd=ROOT, env=client_env, stdout=serve_log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
         _wait("served deployments", lambda: len(_post(f"{api}/deployments/filter", {})) == 2, 90, serve_log, serve)
 
@@ -132,7 +126,7 @@ def test_answer_deployment_run_and_its_artifact_in_the_ui(tmp_path):
         shots = tmp_path / "screenshots"
         shots.mkdir()
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+            browser = launch_chromium(p)
             page = browser.new_page(viewport={"width": 1600, "height": 1000})
             outside: list[str] = []
             page.on("request", lambda r: outside.append(r.url)

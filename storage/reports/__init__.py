@@ -1,0 +1,1 @@
+"""Rendering for people: HTML reports, the eval report, escaping."""

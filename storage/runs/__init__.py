@@ -1,0 +1,1 @@
+"""What runs write and resume from: result tables, their parts, the inbox's records."""

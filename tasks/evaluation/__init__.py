@@ -1,0 +1,1 @@
+"""Scoring: data sets, metrics, and the one definition of verdicts and stages."""

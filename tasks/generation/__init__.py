@@ -1,0 +1,1 @@
+"""From passages to answers: the generator, its attention, prompts, snapping, citations."""

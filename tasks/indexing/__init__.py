@@ -1,0 +1,1 @@
+"""From documents to vectors: the embedder (presets as data) and the incremental plan."""

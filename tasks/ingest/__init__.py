@@ -1,0 +1,1 @@
+"""Every reader of user files: documents (load.py, loaders/), question files, and chunking."""

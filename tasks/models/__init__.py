@@ -1,0 +1,1 @@
+"""Fetching, verifying and converting the packaged models."""

@@ -1,0 +1,1 @@
+"""What a reader sees of a result row: the report's cards and its highlight marks."""

@@ -1,0 +1,1 @@
+"""One file per search backend behind base.py: dense, ANN, BM25."""
