@@ -3,6 +3,7 @@ Parquet, plus the HTML report and the Prefect artifacts."""
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -20,6 +21,7 @@ from flows.stopping import stop_between_batches
 from storage.outputs import check_outputs
 from storage.reports.html import report_path, write_answer_report
 from storage.reports.markdown import answers_markdown
+from storage.runs.answer_cache import AnswerCache
 from storage.runs.results import ResultParts, ResultRow, answer_outputs, write_results
 from storage.store import open_store
 from storage.store.lock import output_lock
@@ -49,6 +51,7 @@ class AnswerReport:
     prompt_tokens: int = 0  # real prompt tokens the generator read (both arms)
     padded_tokens: int = 0  # prompt tokens including padding: padded / real is the wasted prefill
     new_tokens: int = 0
+    from_cache: int = 0  # answers the answer cache served instead of the generator (storage/runs/answer_cache.py)
     dtype: str = ""  # the generator's dtype
     report: str = ""  # RESULTS.report.html
     rows: list[ResultRow] = field(default_factory=list)
@@ -64,6 +67,7 @@ class AnswerReport:
         self.prompt_tokens += b.answers.stats["prompt_tokens"]
         self.padded_tokens += b.answers.stats["padded_tokens"]
         self.new_tokens += b.answers.stats["new_tokens"]
+        self.from_cache += b.answers.stats["from_cache"]
         self.dtype = b.answers.stats["dtype"]
 
     def to_dict(self) -> dict:
@@ -100,6 +104,7 @@ class Generated:
     rag_raw: list[str]  # what the model said
     stats: dict[str, Any]
     seconds: float
+    keys: list[tuple[str, str]] = field(default_factory=list)  # each question's (no-RAG, RAG) answer keys
 
 
 @dataclass
@@ -115,25 +120,29 @@ class BatchAnswers:
 @task(name="generate-batch", cache_policy=NO_CACHE)
 def generate_task(
     settings: GenerationConfig, questions: list[Question], hits: list[SearchResult], device: str | None,
+    use_cache: bool = True,
 ) -> Generated:
-    """Both answers of one batch: without context, and with its retrieved chunks."""
+    """Both answers of one batch: without context, and with its retrieved chunks; those the answer cache holds
+    are read from it (``use_cache``)."""
     t0 = time.perf_counter()
     gen = load_generator(settings.generator, device, settings.dtype)
     contexts = [list(zip(h.doc_ids, h.texts, strict=True)) for h in hits]
     texts = [q.question for q in questions]
-    no_rag, raw = dual_generate(gen, texts, contexts, settings)
+    out = dual_generate(gen, texts, contexts, settings, cache=AnswerCache() if use_cache else None)
+    no_rag, raw = out.no_rag, out.rag
     clean = strip_citations(raw, hits)  # "[2]" marks are citations (tasks/generation/cite.py), not answer text
     rag = ([snap_answer(a, q, h.texts) for a, q, h in zip(clean, texts, hits, strict=True)] if settings.snap
            else clean)
     stats = gen.last_stats.as_dict()
     get_run_logger().info("generated %d answers in %.1fs (%s)", 2 * len(questions), time.perf_counter() - t0, stats)
-    return Generated(no_rag, rag, raw, stats, time.perf_counter() - t0)
+    return Generated(no_rag, rag, raw, stats, time.perf_counter() - t0, list(zip(out.no_rag_keys, out.rag_keys,
+                                                                                   strict=True)))
 
 
 @task(name="answer-batch", cache_policy=NO_CACHE)
 def answer_batch_task(
     store: str, questions: list[Question], retrieval: RetrievalConfig, embedder: EmbedderConfig,
-    device: str | None, settings: GenerationConfig,
+    device: str | None, settings: GenerationConfig, use_cache: bool = True,
 ) -> BatchAnswers:
     """Retrieve and answer one batch (one unit of work for a task runner: on Dask, one worker's)."""
     hits, t_ret = retrieve_task(store, questions, retrieval, embedder, device)
@@ -144,21 +153,24 @@ def answer_batch_task(
 
         dense = dense_cosines(store, [q.question for q in questions], [h.chunk_ids for h in hits], device=device,
                               matrix_dtype=retrieval.matrix_dtype, embedder_config=embedder)
-    return BatchAnswers(hits, generate_task(settings, questions, hits, device), t_ret, dense)
+    return BatchAnswers(hits, generate_task(settings, questions, hits, device, use_cache), t_ret, dense)
 
 
 def result_rows(questions: list[Question], b: BatchAnswers, retrieval: RetrievalConfig, generator: str,
-                embedder: str) -> list[ResultRow]:
-    """The result table's rows of one batch (the one place they are built); timings are per question."""
+                embedder: str, store_generation: int) -> list[ResultRow]:
+    """The result table's rows of one batch (the one place they are built); timings are per question. Each row
+    records its evidence: the store generation, each passage's content hash, and the two answer keys."""
     n, g = len(questions), b.answers
+    keys = g.keys or [("", "")] * n
     return [ResultRow(
         question_id=q.id, question=q.question, source=q.source, gold_answers=list(q.answers), chunk_ids=h.chunk_ids,
         doc_ids=h.doc_ids, scores=h.scores, dense_scores=d, chunk_texts=h.texts, **cite_columns(raw, a1, h),
         no_rag_answer=a0, rag_answer=a1, rag_raw=raw, answers_differ=answers_differ(a0, a1), generator=generator,
         embedder=embedder, retriever=retrieval.name, k=retrieval.k, retrieve_s=b.retrieve_s / n,
-        generate_s=g.seconds / n,
-    ) for q, h, a0, a1, raw, d in zip(questions, b.hits, g.no_rag, g.rag, g.rag_raw, b.dense or [None] * n,
-                                      strict=True)]
+        generate_s=g.seconds / n, store_generation=store_generation,
+        chunk_hashes=[hashlib.sha256(t.encode()).hexdigest() for t in h.texts], no_rag_key=k0, rag_key=k1,
+    ) for q, h, a0, a1, raw, d, (k0, k1) in zip(questions, b.hits, g.no_rag, g.rag, g.rag_raw,
+                                                b.dense or [None] * n, keys, strict=True)]
 
 
 @task(name="write-results", cache_policy=NO_CACHE)
@@ -198,6 +210,7 @@ def answer_flow(
     device: str | None = None,
     parallel_batches: int = 1,
     lock_wait_s: float = 0.0,
+    use_cache: bool = True,
     **changes: Any,
 ) -> AnswerReport:
     """Answer every question twice — without and with its retrieved chunks — into a Parquet table.
@@ -207,6 +220,8 @@ def answer_flow(
     of ``batch_questions`` are submitted to the task runner, at most ``parallel_batches`` in flight (1 on one
     device; one per worker on Dask); each finished batch is kept, so a killed run resumes. ``OUT.lock`` is held
     for the whole run: a second run with the same ``out`` is refused naming the first, or waits ``lock_wait_s``.
+    ``use_cache``: answers whose key was seen (any earlier run) are read from the answer cache, not generated
+    (storage/runs/answer_cache.py); the cache is pruned to its bound at the end.
     """
     rc, gs = apply_changes(changes, retrieval or RetrievalConfig(), generation or GenerationConfig())
     gs = with_changes(gs, prompt=get_prompt(gs.prompt).name)  # the config says which template ran
@@ -241,10 +256,11 @@ def answer_flow(
 
         batches = todo()
         for (slot, batch, key), b in in_order(
-                lambda t: answer_batch_task.submit(store, t[1], rc, config, device, gs), batches, parallel_batches,
+                lambda t: answer_batch_task.submit(store, t[1], rc, config, device, gs, use_cache), batches,
+                parallel_batches,
                 stop.requested):
             report.add(b)
-            slots[slot] = result_rows(batch, b, rc, gs.generator, config.name)
+            slots[slot] = result_rows(batch, b, rc, gs.generator, config.name, meta.generation)
             parts.put(key, slots[slot])  # durable: a killed run resumes after this batch
         if stop.requested() and next(batches, None) is not None:
             raise stop.stopped(f"{sum(1 for s in slots if s)} batches of {batch_questions} questions are kept in "
@@ -258,12 +274,17 @@ def answer_flow(
             "embedder": config.fingerprint, "embedder_dtype": dtype_name(embedding_dtype(device or default_device())),
             "batch_questions": batch_questions,
             "generator_dtype": report.dtype or None,  # None when every batch was resumed
+            "answer_cache": str(AnswerCache().root) if use_cache else None, "answers_from_cache": report.from_cache,
             "generation_stats": {"prompt_tokens": report.prompt_tokens, "padded_tokens": report.padded_tokens,
                                  "padding_ratio": round(report.padding_ratio, 3), "new_tokens": report.new_tokens},
             "device": device, "created_at": datetime.now().isoformat(), "question_errors": stream.errors,
         }
         write_task(report.out, rows, run_config)
         parts.clear()
+        if use_cache:
+            pruned = AnswerCache().prune()
+            if pruned:
+                logger.info("answer cache: %d least recently used entries pruned", pruned)
         report.questions, report.rows = len(rows), rows
         report.differ = sum(r.answers_differ for r in rows)
         report.seconds = time.perf_counter() - t0

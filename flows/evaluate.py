@@ -103,6 +103,7 @@ def eval_flow(
     depth: int = 100,
     device: str | None = None,
     answers: bool = True,
+    use_cache: bool = True,
     **changes: Any,
 ) -> EvalReport:
     """Retrieval (recall@k, MRR@10, nDCG@10) and answers (EM/F1 with vs without) measured separately.
@@ -126,7 +127,8 @@ def eval_flow(
                                       + "\n" for q in ds.questions).encode())
     ans = None
     if answers:
-        ans = answer_flow([str(qfile)], store, str(out / "answers.parquet"), rc, gs, device=device)
+        ans = answer_flow([str(qfile)], store, str(out / "answers.parquet"), rc, gs, device=device,
+                          use_cache=use_cache)
     rankings, evidence = deep_retrieval_task(store, ds.questions, max(depth, max(ks), rc.k), rc, device)
     by_id = {r["question_id"]: r for r in read_results(ans.out).to_pylist()} if ans else {}
     rows = score_all(ds.questions, rankings, evidence, by_id if ans else None, ks)
@@ -142,6 +144,7 @@ def eval_flow(
               "store": store, "retriever": rc.retriever, "rerank": rc.rerank, "embedder": ic.embedder,
               "generator": gs.generator, "context_k": rc.k, "ks": ks, "indexing": to_dict(ic),
               "retrieval": to_dict(rc), "generation": to_dict(gs), "answers": answers, "depth": depth,
+              "answers_from_cache": ans.from_cache if ans else None,
               "generator_dtype": ans.dtype if ans else None, "seconds_answering": ans.seconds if ans else None,
               "padding_ratio": round(ans.padding_ratio, 3) if ans else None,
               "documents": ds.documents, "index": {"added": idx.added, "changed": idx.changed,

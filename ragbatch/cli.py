@@ -16,6 +16,7 @@ from ragbatch.common import (
     DaskAddress,
     DaskWorkers,
     Device,
+    NoCache,
     Runner,
     StoreOption,
     check_numbers,
@@ -24,7 +25,7 @@ from ragbatch.common import (
     err,
     fail,
 )
-from ragbatch.maintenance import compact, verify
+from ragbatch.maintenance import cache, compact, verify
 from ragbatch.options import Settings, with_settings
 from ragbatch.show import print_answers, safe, show
 from storage.paths import configure_environment, demo_dir
@@ -146,6 +147,7 @@ def answer(
     batch_questions: Annotated[int | None, typer.Option(help="Questions read and answered per batch (default 64, or "
                                "the --config run's): each finished batch is kept, so a stopped run resumes after "
                                "it when re-run with the same value")] = None,
+    no_cache: NoCache = False,
     *,
     settings: Settings,
 ) -> None:
@@ -178,7 +180,7 @@ def answer(
     try:
         r = run_answer(questions, store, out, retrieval, generation, device=device, runner=runner,
                        dask_address=dask_address, dask_workers=dask_workers, lock_wait_s=wait,
-                       batch_questions=batch_questions)
+                       batch_questions=batch_questions, use_cache=not no_cache)
     except Exception as exc:  # noqa: BLE001
         fail(exc)
     for problem in r.question_errors:
@@ -186,8 +188,43 @@ def answer(
     print_answers(console, r.rows)
     console.print(f"{r.questions} questions, {r.differ} answers changed by retrieval; "
                   f"retrieval {r.retrieve_s:.1f}s, generation {r.generate_s:.1f}s ({r.dtype or 'resumed'}, padded/"
-                  f"real prompt tokens {r.padding_ratio:.2f}), total {r.seconds:.1f}s → {safe(str(r.out))}")
+                  f"real prompt tokens {r.padding_ratio:.2f}; {r.from_cache} of {2 * r.questions} answers from the "
+                  f"answer cache), total {r.seconds:.1f}s → {safe(str(r.out))}")
     console.print(f"report: {safe(r.report or 'not written (see the log)')}", soft_wrap=True)
+
+
+@app.command()
+def refresh(
+    results: Annotated[Path, typer.Argument(help="A finished answer run's table (RESULTS.parquet)")],
+    store: Annotated[str | None, typer.Option("--store", "-s", help=STORE_HELP + " (default: the run's)")] = None,
+    wait: Annotated[float, typer.Option(help="Seconds to wait when another run is writing RESULTS")] = 0.0,
+    no_cache: NoCache = False,
+) -> None:
+    """Bring RESULTS up to the store's current generation: retrieve again, re-generate only the answers whose
+    inputs changed, keep the previous table in RESULTS.parquet.revisions/, and say what changed."""
+    check_numbers(wait=(wait, 0, None))
+    if not results.expanduser().is_file():
+        fail(typer.BadParameter(f"{results}: no such result table"))
+    from flows.refresh import run_refresh
+
+    try:
+        r = run_refresh(results, store, use_cache=not no_cache, lock_wait_s=wait)
+    except Exception as exc:  # noqa: BLE001
+        fail(exc)
+    if r.questions_from_table:
+        err.print("[yellow]the run's question files are gone:[/] its table's questions were refreshed")
+    if r.unknown_evidence:
+        err.print(f"[yellow]{r.unknown_evidence} rows predate recorded evidence:[/] answered again, once")
+    s, a = r.summary, r.answer
+    table = Table(title=f"What the store's changes did to {results.name}")
+    for col in ("questions", "evidence changed", "answers re-generated", "answers changed", "new", "removed",
+                "edited"):
+        table.add_column(col, justify="right")
+    table.add_row(str(a.questions if a else 0), str(s["evidence"]), str(2 * a.questions - a.from_cache if a else 0),
+                  str(s["answers_changed"]), str(s["new"]), str(s["removed"]), str(s["edited"]))
+    console.print(table)
+    console.print(f"changes → {safe(r.changes_table)}; previous table → {safe(r.revision)}; {r.seconds:.1f}s",
+                  soft_wrap=True)
 
 
 @app.command()
@@ -272,6 +309,7 @@ def evaluate(
     sample: Annotated[int | None, typer.Option(help="A random sample of N questions")] = None,
     seed: Annotated[int, typer.Option(help="Seed for --sample")] = 0,
     retrieval_only: Annotated[bool, typer.Option("--retrieval-only", help="Score retrieval, generate nothing")] = False,
+    no_cache: NoCache = False,
     device: Device = None,
     *,
     settings: Settings,
@@ -295,7 +333,7 @@ def evaluate(
 
         r = run_eval(dataset, store, out, ks=ks, corpus=str(corpus) if corpus else None, limit=limit, sample=sample,
                      seed=seed, index=index, retrieval=retrieval, generation=generation, device=device,
-                     answers=not retrieval_only)
+                     answers=not retrieval_only, use_cache=not no_cache)
     except Exception as exc:  # noqa: BLE001
         fail(exc)
     s = r.summary
@@ -319,6 +357,7 @@ def evaluate(
 app.command("show")(show)  # ragbatch/show.py: the report's cards in the terminal
 app.command()(verify)  # ragbatch/maintenance.py
 app.command()(compact)
+app.command()(cache)
 
 
 

@@ -21,6 +21,8 @@ Device = Annotated[str | None, typer.Option(help="cuda / cpu (default: cuda when
 Runner = Annotated[str, typer.Option("--runner", help="Task runner: threads | dask")]
 DaskAddress = Annotated[str | None, typer.Option(
     "--dask-address", help="An existing Dask scheduler (tcp://host:8786); default: a local cluster")]
+NoCache = Annotated[bool, typer.Option("--no-cache", help="Generate every answer, reusing none from the answer "
+                                                        "cache (and storing none)")]
 DaskWorkers = Annotated[int, typer.Option(
     "--dask-workers", help="Local Dask workers (with --dask-address: batches in flight, one per worker)")]
 

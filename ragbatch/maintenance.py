@@ -1,4 +1,5 @@
-"""Store maintenance commands: ``verify`` (check end to end) and ``compact`` (drop tombstoned rows)."""
+"""Maintenance commands: ``verify`` a store end to end, ``compact`` its tombstoned rows, ``cache prune`` the
+answer cache."""
 
 from __future__ import annotations
 
@@ -55,3 +56,21 @@ def compact(
                   f"{r.shards_before} → {r.shards_after}, dead ratio {r.dead_ratio_before:.1%} → "
                   f"{r.dead_ratio_after:.1%}; generation {r.generation}; {r.seconds:.1f}s", highlight=False,
                   soft_wrap=True)
+
+
+def cache(
+    action: Annotated[str, typer.Argument(help="prune: drop the least recently used answers beyond the bound")],
+    max_entries: Annotated[int | None, typer.Option(help="Keep at most this many answers (default: "
+                                                    "$RAGBATCH_ANSWER_CACHE_ENTRIES or 200,000)")] = None,
+) -> None:
+    """The answer cache ($RAGBATCH_HOME/answer-cache): ``prune`` it to its bound (every answer run does too)."""
+    from storage.runs.answer_cache import AnswerCache
+
+    if action != "prune":
+        fail(typer.BadParameter(f"unknown cache action {action!r}: use prune"))
+    c = AnswerCache()
+    if max_entries is not None and max_entries < 0:
+        fail(typer.BadParameter(f"--max-entries {max_entries}: must be at least 0"))
+    removed = c.prune(max_entries)
+    console.print(f"answer cache {safe(str(c.root))}: {removed} entries pruned, {len(c.entries())} kept",
+                  highlight=False, soft_wrap=True)

@@ -42,6 +42,20 @@ def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> frozenset[str]:
     return frozenset()
 
 
+# The CPU features that choose a matmul kernel (and so the last bits of its results), on the machines we run on.
+KERNEL_FLAGS = ("amx_bf16", "amx_int8", "amx_tile", "avx512_bf16", "avx512_vnni", "avx512f", "avx2", "fma")
+
+
+def numerics_id(device: str) -> str:
+    """What a model's output depends on besides its inputs and weights: the device kind, the CPU features that
+    pick the kernels, torch's version and its thread count (oneDNN splits work by it). Answers are exact for one
+    value of this (tasks/invariant.py), so a cached answer is served only under the same one."""
+    if device.startswith("cuda"):
+        return f"cuda:{torch.cuda.get_device_name(torch.device(device))}:torch-{torch.__version__}"
+    flags = sorted(cpu_flags() & set(KERNEL_FLAGS))
+    return f"cpu:{platform.machine()}:{','.join(flags)}:torch-{torch.__version__}:threads-{torch.get_num_threads()}"
+
+
 def cpu_has_native_bf16(flags: frozenset[str] | None = None) -> bool:
     """True where the CPU multiplies bfloat16 in hardware (x86 only; other CPUs get float32)."""
     if platform.machine().lower() not in ("x86_64", "amd64"):

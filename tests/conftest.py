@@ -48,6 +48,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker("subprocess")
 
 
+@pytest.fixture(autouse=True)
+def _own_answer_cache(tmp_path_factory, monkeypatch):
+    """Each test starts with an empty answer cache of its own: a test that generates must not be served by an
+    earlier one (tests/test_answer_cache.py tests the sharing itself)."""
+    monkeypatch.setenv("RAGBATCH_ANSWER_CACHE_DIR", str(tmp_path_factory.mktemp("answer-cache")))
+
+
 @pytest.fixture(scope="session")
 def s3():
     """moto's real S3 server on a loopback port for the session (tests/helpers.py ``loopback_s3``)."""

@@ -203,8 +203,8 @@ def test_output_order_is_preserved(gen: Generator) -> None:
 def test_dual_generate_is_one_pass(gen: Generator) -> None:
     questions = [LLAMA3_Q, "What is the capital of France?", "Who wrote Moby-Dick?"]
     contexts = [LLAMA3_CTX, [("paris", "Paris is the capital of France.")], []]
-    no_rag, rag = dual_generate(gen, questions, contexts, GenerationConfig(max_new_tokens=8, batch_size=4),
-                                progress=False)
+    out = dual_generate(gen, questions, contexts, GenerationConfig(max_new_tokens=8, batch_size=4), progress=False)
+    no_rag, rag = out.no_rag, out.rag
     assert len(no_rag) == len(rag) == 3
     stats = gen.last_stats
     assert stats.prompts == 6 and stats.batches < 6, "both arms of all questions in one planned pass"
@@ -243,7 +243,8 @@ def test_prompt_file_is_checked(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_qwen_grounds_answer_in_context() -> None:
     qwen = load_generator("qwen2.5-0.5b", device="cpu")
-    no_rag, rag = dual_generate(qwen, [LLAMA3_Q], [LLAMA3_CTX], GenerationConfig(max_new_tokens=32), progress=False)
+    out = dual_generate(qwen, [LLAMA3_Q], [LLAMA3_CTX], GenerationConfig(max_new_tokens=32), progress=False)
+    no_rag, rag = out.no_rag, out.rag
     print(f"\nno context: {no_rag[0]!r}\nwith context: {rag[0]!r}")
     assert "15 trillion" in rag[0]
     assert "15 trillion" not in no_rag[0] and rag[0] != no_rag[0]

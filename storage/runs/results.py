@@ -44,6 +44,11 @@ RESULT_SCHEMA = pa.schema(
         ("k", pa.int32()),
         ("retrieve_s", pa.float64()),
         ("generate_s", pa.float64()),
+        # The row's evidence: what its answers were computed from (null in tables written before these columns).
+        ("store_generation", pa.int64()),  # the store generation it was answered at
+        ("chunk_hashes", pa.list_(pa.string())),  # sha256 of each passage's text, in rank order
+        ("no_rag_key", pa.string()),  # the answer keys (tasks/generation/keys.py): equal key, equal answer
+        ("rag_key", pa.string()),
     ]
 )
 
@@ -74,6 +79,10 @@ class ResultRow:
     k: int
     retrieve_s: float
     generate_s: float
+    store_generation: int | None = None
+    chunk_hashes: list[str] | None = None
+    no_rag_key: str | None = None
+    rag_key: str | None = None
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> ResultRow:

@@ -23,17 +23,21 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from tqdm import tqdm
 
 from tasks.cache import ProcessCache
 from tasks.config import GenerationConfig
-from tasks.device import default_device, dtype_name, resolve_dtype
+from tasks.device import default_device, dtype_name, numerics_id, resolve_dtype
+from tasks.generation.keys import answer_key, generator_id
 from tasks.generation.prompts import Message, PromptTemplate, get_prompt
 from tasks.invariant import make_batch_invariant, needs_tiles
 from tasks.models.prepare import prepare_generator
+
+if TYPE_CHECKING:
+    from storage.runs.answer_cache import AnswerCache
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +99,7 @@ class GenerationStats:
     new_tokens: int = 0  # generated tokens up to and including each row's end-of-sequence token
     seconds: float = 0.0
     dtype: str = ""
+    from_cache: int = 0  # answers served by the answer cache (not generated, not counted above)
 
     @property
     def tokens_per_s(self) -> float:
@@ -295,25 +300,54 @@ def _load(name_or_path: str, path: Path, device: str, torch_dtype: torch.dtype) 
     return gen
 
 
+@dataclass
+class DualAnswers:
+    """Both arms' answers of a batch of questions, their cache keys (tasks/generation/keys.py), and how many of
+    the 2N came from the answer cache."""
+
+    no_rag: list[str]
+    rag: list[str]
+    no_rag_keys: list[str]
+    rag_keys: list[str]
+    from_cache: int = 0
+
+
 def dual_generate(
     generator: Generator,
     questions: list[str],
     contexts: list[list[tuple[str, str]]],
     settings: GenerationConfig = _DEFAULTS,
     progress: bool = True,
-) -> tuple[list[str], list[str]]:
-    """(no-RAG answers, RAG answers) for each question, from one batched pass over all 2N prompts, as
-    ``settings`` say (prompt template, new tokens, batch size, token budget).
+    cache: AnswerCache | None = None,
+) -> DualAnswers:
+    """No-RAG and RAG answers for each question, from one batched pass over the 2N prompts, as ``settings`` say
+    (prompt template, new tokens, batch size, token budget).
 
     Running both arms through one plan lets the length sort fill batches across them (short no-RAG prompts
-    together, long RAG prompts together). Stats of the pass are in ``generator.last_stats``.
+    together, long RAG prompts together). With ``cache`` (storage/runs/answer_cache.py) an answer whose key was
+    seen is read, not generated: byte-identical, since answers depend only on what the key hashes. Stats of the
+    pass are in ``generator.last_stats``.
     """
     if len(questions) != len(contexts):
         raise ValueError(f"{len(questions)} questions but {len(contexts)} context lists")
     template = get_prompt(settings.prompt)
     conversations = [template.messages(q, None) for q in questions]
     conversations += [template.messages(q, c) for q, c in zip(questions, contexts, strict=True)]
-    answers = generator.generate(conversations, max_new_tokens=settings.max_new_tokens,
-                                 batch_size=settings.batch_size, progress=progress, token_budget=settings.token_budget)
+    ids = generator.encode(conversations)
+    model_id, numerics = generator_id(generator.path), numerics_id(generator.device)
+    keys = [answer_key(p, model_id, template.name, settings.max_new_tokens, generator.dtype, numerics) for p in ids]
+    answers: list[str | None] = [cache.get(k) if cache is not None else None for k in keys]
+    todo = [i for i, a in enumerate(answers) if a is None]
+    generator.last_stats = GenerationStats(dtype=generator.dtype)
+    if todo:
+        new = generator.generate_ids([ids[i] for i in todo], max_new_tokens=settings.max_new_tokens,
+                                     batch_size=settings.batch_size, progress=progress,
+                                     token_budget=settings.token_budget)
+        for i, row in zip(todo, new, strict=True):
+            answers[i] = generator.tokenizer.decode(row, skip_special_tokens=True).strip()
+            if cache is not None:
+                cache.put(keys[i], answers[i])
+    generator.last_stats.from_cache = len(answers) - len(todo)
     n = len(questions)
-    return answers[:n], answers[n:]
+    done = [a or "" for a in answers]
+    return DualAnswers(done[:n], done[n:], keys[:n], keys[n:], len(answers) - len(todo))

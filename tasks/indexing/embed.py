@@ -25,6 +25,7 @@ from tasks.cache import ProcessCache
 from tasks.config import DEFAULT_EMBEDDER
 from tasks.device import default_device, dtype_name, resolve_dtype
 from tasks.invariant import EMBED_TILE, make_batch_invariant, needs_tiles
+from tasks.models.weights import WeightsError, weights_sha256
 
 log = logging.getLogger(__name__)
 
@@ -161,24 +162,10 @@ def _sentence_transformers_settings(folder: Path) -> dict[str, Any]:
 
 
 def _weights_sha256(folder: Path) -> str:
-    files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("pytorch_model*.bin"))
-    if not files:
-        raise EmbedderConfigError(f"{folder}: no model weights (*.safetensors) found")
-    # Every resolve (one per answer batch) used to re-hash the weights; the stat key still sees a changed file.
-    key = tuple((str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
-    return _HASHES.get(key, lambda: _sha256_files(files))
-
-
-def _sha256_files(files: list[Path]) -> str:
-    h = hashlib.sha256()
-    for f in files:
-        with open(f, "rb") as fh:
-            while block := fh.read(1 << 20):
-                h.update(block)
-    return h.hexdigest()
-
-
-_HASHES: ProcessCache[str] = ProcessCache()
+    try:
+        return weights_sha256(folder)
+    except WeightsError as exc:
+        raise EmbedderConfigError(str(exc)) from None
 
 
 def _hub_folder(repo_id: str) -> Path:

@@ -1,0 +1,122 @@
+"""The refresh flow: a finished answer run brought to the store's current generation, at the cost of what changed.
+
+It re-runs the run's saved config (its question files, store and settings; given options win) through the answer
+flow: retrieval again for every question (cheap, and the only way to see a new document enter a top-k), and
+generation only for answers whose key changed (tasks/generation/keys.py). The old table's answers are put into the
+answer cache under their keys first, so they are reused even when the cache was pruned or turned off; rows of a
+table written before the keys existed are answered again, once, and the run says so. The previous table is kept
+as a revision (storage/runs/revisions.py) before the new one replaces it; the comparison of the two goes to
+``RESULTS.changes.parquet`` and a Prefect artifact.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_table_artifact
+
+from flows.answer import AnswerReport, answer_flow
+from flows.naming import run_name
+from storage.atomic import write_bytes_atomic
+from storage.runs.answer_cache import AnswerCache
+from storage.runs.results import config_path, read_results
+from storage.runs.revisions import keep_revision
+from tasks.config import RetrievalConfig, load_run_config, with_changes
+from tasks.reporting.changes import Change, compare_tables, summarize_changes
+
+
+@dataclass
+class RefreshReport:
+    out: str
+    revision: str = ""  # where the previous table was kept
+    changes_table: str = ""
+    summary: dict[str, int] = field(default_factory=dict)
+    seeded: int = 0  # old answers put into the cache under their keys
+    unknown_evidence: int = 0  # rows of a table written before the evidence columns: answered again
+    questions_from_table: bool = False  # the question files were gone: the table's own questions were used
+    answer: AnswerReport | None = None
+    changes: list[Change] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+@flow(name="refresh", flow_run_name=run_name("refresh", "results", stem=True))
+def refresh_flow(results: str, store: str | None = None, use_cache: bool = True, lock_wait_s: float = 0.0,
+                 **changes: Any) -> RefreshReport:
+    """Refresh ``results`` (a finished answer run's table) against the store's current generation."""
+    t0 = time.perf_counter()
+    logger = get_run_logger()
+    path = Path(results).expanduser().resolve()
+    saved = load_run_config(config_path(path))
+    old_rows = read_results(path).to_pylist()
+    report = RefreshReport(out=str(path))
+    questions = [str(q) for q in saved.get("questions") or []]
+    if not questions or not all(Path(q).exists() for q in questions):
+        # The question files are gone: the table holds every question, so it can be answered from itself.
+        qfile = path.with_name(path.name + ".questions.jsonl")
+        write_bytes_atomic(qfile, "".join(json.dumps({"id": r["question_id"], "question": r["question"],
+                                                      "answers": r["gold_answers"] or []}) + "\n"
+                                          for r in old_rows).encode())
+        logger.warning("question files %s not found: refreshing the %d questions stored in %s", questions,
+                       len(old_rows), path)
+        questions, report.questions_from_table = [str(qfile)], True
+    cache = AnswerCache()
+    for r in old_rows:
+        if r.get("no_rag_key") and r.get("rag_key"):
+            for key, answer in ((r["no_rag_key"], r["no_rag_answer"]), (r["rag_key"], r["rag_raw"])):
+                if cache.get(key) is None:
+                    cache.put(key, answer)
+                    report.seeded += 1
+        else:
+            report.unknown_evidence += 1
+    if report.unknown_evidence:
+        logger.warning("%d rows of %s were written before answers recorded their evidence: they are answered "
+                       "again, once", report.unknown_evidence, path)
+    report.revision = str(keep_revision(path, _generation(old_rows)))
+    rc: RetrievalConfig = saved["retrieval"]
+    gs = saved["generation"]
+    retrieval_changes = {k: v for k, v in changes.items() if hasattr(rc, k)}
+    generation_changes = {k: v for k, v in changes.items() if hasattr(gs, k)}
+    ans = answer_flow(questions, store or saved["store"], str(path), with_changes(rc, **retrieval_changes),
+                      with_changes(gs, **generation_changes), batch_questions=int(saved.get("batch_questions") or 64),
+                      lock_wait_s=lock_wait_s, use_cache=use_cache)
+    new_rows = [r.to_record() for r in ans.rows]
+    report.answer, report.changes = ans, compare_tables(old_rows, new_rows)
+    report.summary = summarize_changes(report.changes)
+    changes_path = path.with_name(path.stem + ".changes.parquet")
+    _write_changes(changes_path, report.changes)
+    report.changes_table = str(changes_path)
+    create_table_artifact(key="refresh-changes", table=[{"what": k, "count": v} for k, v in report.summary.items()],
+                          description=f"Refresh of {path}: what the store's changes did to its answers")
+    report.seconds = time.perf_counter() - t0
+    logger.info("refresh %s: %s; %d answers generated, %d from the cache; previous table kept as %s",
+                path, report.summary, 2 * ans.questions - ans.from_cache, ans.from_cache, report.revision)
+    return report
+
+
+def _generation(rows: list[dict[str, Any]]) -> int | None:
+    gens = {r.get("store_generation") for r in rows} - {None}
+    return max(gens) if gens else None
+
+
+def _write_changes(path: Path, changes: list[Change]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from storage.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        pq.write_table(pa.Table.from_pylist([c.to_record() for c in changes]), tmp)
+
+
+def run_refresh(results: str | Path, store: str | None = None, **kw: Any) -> RefreshReport:
+    """Call the flow against :func:`flows.runners.prefect_api`."""
+    from flows.runners import run_flow
+    from storage.fs import store_location
+
+    return run_flow(refresh_flow, (str(Path(results).expanduser().resolve()),),
+                    dict(kw, store=store_location(store) if store else None), "threads", None, 2)

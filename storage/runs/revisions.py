@@ -1,0 +1,40 @@
+"""Earlier versions of a result table, kept when ``refresh`` replaces it: ``RESULTS.revisions/``.
+
+Each revision is the table and its config as they were, named by the store generation they were answered at and
+the time they were replaced (``gen000004-20261206T031500.parquet`` and its ``.config.json``). The copy is made
+before the new table is written, atomically, so a refresh killed at any point leaves the previous table either in
+place or in place and in the revisions: never lost.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+from storage.atomic import atomic_path
+from storage.runs.results import config_path
+
+
+def revisions_dir(results: Path) -> Path:
+    return results.with_name(results.name + ".revisions")
+
+
+def keep_revision(results: Path, generation: int | None) -> Path:
+    """Copy ``results`` (and its config) into its revisions folder; return the copy's path."""
+    folder = revisions_dir(results)
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    name = f"gen{generation:06d}-{stamp}" if generation is not None else f"gen-unknown-{stamp}"
+    target = folder / f"{name}.parquet"
+    for src, dst in ((results, target), (config_path(results), config_path(target))):
+        if src.exists():
+            with atomic_path(dst) as tmp:
+                shutil.copyfile(src, tmp)
+    return target
+
+
+def revisions(results: Path) -> list[Path]:
+    """The kept revisions of ``results``, oldest first."""
+    folder = revisions_dir(results)
+    return sorted(folder.glob("gen*.parquet")) if folder.is_dir() else []
