@@ -40,8 +40,8 @@ def test_entries_round_trip_corrupt_ones_are_dropped_and_the_cache_is_bounded(tm
         cache.get("../../etc/passwd")
 
 
-def test_a_second_run_reads_every_answer_and_a_changed_k_reuses_every_no_rag_answer(prefect_harness, tmp_path):
-    from flows.answer import run_answer
+def _indexed(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """Three one-line documents indexed into a store, and the three questions in a JSONL file."""
     from flows.index import run_index
 
     docs = write_corpus(tmp_path / "docs", {
@@ -49,10 +49,16 @@ def test_a_second_run_reads_every_answer_and_a_changed_k_reuses_every_no_rag_ans
         "paris.txt": "Paris is the capital and most populous city of France.",
         "everest.txt": "Mount Everest is 8,849 metres high, the highest mountain above sea level.",
     })
-    store = tmp_path / "store"
-    run_index(docs, store)
+    run_index(docs, tmp_path / "store")
     qfile = tmp_path / "q.jsonl"
     qfile.write_text("".join(json.dumps({"id": f"q{i}", "question": q}) + "\n" for i, q in enumerate(QUESTIONS)))
+    return docs, tmp_path / "store", qfile
+
+
+def test_a_second_run_reads_every_answer_and_a_changed_k_reuses_every_no_rag_answer(prefect_harness, tmp_path):
+    from flows.answer import run_answer
+
+    docs, store, qfile = _indexed(tmp_path)
     kw = {"generator": SMALLEST_GENERATOR, "max_new_tokens": 12}
     cache = AnswerCache()
     assert cache.root == Path(os.environ["RAGBATCH_ANSWER_CACHE_DIR"]).resolve()  # this test's own, empty
@@ -107,15 +113,7 @@ def test_refresh_regenerates_exactly_the_answers_whose_evidence_changed(prefect_
     from flows.refresh import run_refresh
     from helpers import run_cli
 
-    docs = write_corpus(tmp_path / "docs", {
-        "llama.txt": "Llama 3 was trained on over 15 trillion tokens of data from public sources.",
-        "paris.txt": "Paris is the capital and most populous city of France.",
-        "everest.txt": "Mount Everest is 8,849 metres high, the highest mountain above sea level.",
-    })
-    store = tmp_path / "store"
-    run_index(docs, store)
-    qfile = tmp_path / "q.jsonl"
-    qfile.write_text("".join(json.dumps({"id": f"q{i}", "question": q}) + "\n" for i, q in enumerate(QUESTIONS)))
+    docs, store, qfile = _indexed(tmp_path)
     kw = {"generator": SMALLEST_GENERATOR, "max_new_tokens": 12, "k": 1}
     out = tmp_path / "results.parquet"
     run_answer(qfile, store, out, **kw)
