@@ -18,7 +18,10 @@ def verify(store: StoreOption) -> None:
     from storage.store import open_store
 
     try:
-        rep = open_store(store).verify()
+        st = open_store(store)
+        if not st.exists():  # nothing to check is not an inconsistent store (exit 1)
+            raise FileNotFoundError(f"no index at {store}")
+        rep = st.verify()
     except Exception as exc:  # noqa: BLE001 - one line, never a traceback, and not "inconsistent" (exit 1)
         err.print(f"[bold red]could not check[/] {safe(store)}: {safe(f'{type(exc).__name__}: {exc}'[:500])}",
                   soft_wrap=True)

@@ -134,6 +134,9 @@ def test_verify_reports_a_damaged_store_and_an_unreachable_one_in_lines(indexed,
     assert proc.returncode == 2 and "could not check" in out, out
     assert len(out.strip().splitlines()) <= 4 and "Traceback" not in out, out
     assert "testing" not in out  # no credential is printed
+    # No store at all is "could not check" too (exit 2), not an inconsistent store (exit 1).
+    missing = invoke("verify", "--store", str(tmp_path / "no-store"))
+    assert missing.exit_code == 2 and "could not check" in missing.output and "no index at" in missing.output
 
 
 def test_a_second_run_on_the_same_out_is_refused_or_waits(indexed, tmp_path):
