@@ -44,8 +44,9 @@ def eval_questions(path: Path, n: int = 100) -> None:
 def snapshot(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     cli("index", str(CORPUS), "--store", str(out / "demo-store"))
-    cli("answer", str(ROOT / "data" / "demo_questions.jsonl"), "--store", str(out / "demo-store"),
-        "--out", str(out / "demo.parquet"))
+    questions = out / "demo_questions.jsonl"  # in the snapshot: the table records its path
+    questions.write_bytes((ROOT / "data" / "demo_questions.jsonl").read_bytes())
+    cli("answer", str(questions), "--store", str(out / "demo-store"), "--out", str(out / "demo.parquet"))
     eval_questions(out / "eval100.jsonl")
     cli("eval", str(out / "eval100.jsonl"), "--corpus", str(CORPUS), "--store", str(out / "eval-store"),
         "--out", str(out / "eval"), "--generator", "qwen2.5-0.5b")
