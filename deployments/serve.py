@@ -1,6 +1,7 @@
 """Serve the pipeline's deployments against a Prefect server (``PREFECT_API_URL``): one long-running process.
 
-- ``index/reindex``: re-index DOCS into STORE on a cron schedule (default nightly, ``0 2 * * *``).
+- ``index/reindex``: re-index DOCS into STORE on a cron schedule (default nightly, ``0 2 * * *``); when that
+  changed any document, every table the inbox answered (RESULTS' ledger) is refreshed (``ragbatch refresh``).
 - ``answer-inbox/inbox``: answer every new question file in INBOX into RESULTS (every ``inbox_every`` seconds,
   and whenever triggered by hand).
 
@@ -78,6 +79,7 @@ def build_deployments(
                                (inbox_params, "device", device)):
         if value is not None:
             params[key] = value if isinstance(value, str) else to_dict(value)
+    index_params["refresh_results"] = inbox_params["results"]  # a re-index refreshes the inbox's answers
     Path(inbox_params["inbox"]).mkdir(parents=True, exist_ok=True)
     Path(inbox_params["results"]).mkdir(parents=True, exist_ok=True)
     reindex = index_flow.to_deployment(

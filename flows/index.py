@@ -58,6 +58,7 @@ class IndexReport:
     compacted_shards: int = 0  # shards rewritten by the automatic compaction at the end of the run
     dead_rows_dropped: int = 0
     dead_ratio: float = 0.0  # tombstoned share of the stored rows after the run
+    refreshed: list[str] = field(default_factory=list)  # result tables refreshed after the run (refresh_results)
     bm25_docs_deleted: int = 0  # documents deleted from / added to the on-disk BM25 index by this run
     bm25_docs_added: int = 0
     bm25_rebuilt: bool = False  # the BM25 index was missing or unreadable and was rebuilt from the live chunks
@@ -129,6 +130,7 @@ def index_flow(
     lock_wait_s: float = 0.0,
     parallel_batches: int = 1,
     repair: bool = False,
+    refresh_results: str | None = None,
     **changes: Any,
 ) -> IndexReport:
     """Index ``docs_dir`` into ``store`` incrementally (settings: ``config``); each batch is committed as it finishes.
@@ -140,7 +142,9 @@ def index_flow(
     ``max_removal_ratio`` of the indexed documents is refused unless ``allow_mass_removal``, and one that
     would empty the index always is (see tasks/indexing/plan.py ``removal_refusal``). ``repair`` verifies the store
     first and re-embeds the documents whose shards are missing or corrupt, so a damaged store becomes consistent
-    again (a plain run trusts the committed generation and does not read every shard).
+    again (a plain run trusts the committed generation and does not read every shard). ``refresh_results``: a
+    results folder (the inbox's); when the run changed any document, every table its ledger lists is refreshed
+    (flows/refresh.py), each in a flow run of its own; a run that changed nothing refreshes nothing.
     """
     (cfg,) = apply_changes(changes, config or IndexConfig())
     t0 = time.perf_counter()
@@ -205,6 +209,10 @@ def index_flow(
         " (rebuilt)" if report.bm25_rebuilt else "", report.seconds,
     )
     _publish(report)
+    if refresh_results and not dry_run and (report.added or report.changed or report.removed):
+        from flows.refresh import refresh_ledger  # answers follow the documents (issue 21)
+
+        report.refreshed = refresh_ledger(refresh_results)
     return report
 
 

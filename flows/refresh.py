@@ -98,6 +98,24 @@ def refresh_flow(results: str, store: str | None = None, use_cache: bool = True,
     return report
 
 
+def refresh_ledger(results_dir: str) -> list[str]:
+    """Refresh every result table the ledger of ``results_dir`` lists (storage/runs/inbox.py), once each, oldest
+    first; a table that fails is logged and the others still refreshed. Returns the tables refreshed."""
+    from storage.runs.inbox import read_ledger
+
+    logger = get_run_logger()
+    done: list[str] = []
+    for out in dict.fromkeys(e.get("out") for e in read_ledger(results_dir)):
+        if not out or not Path(out).is_file():
+            continue
+        try:
+            refresh_flow(out)
+            done.append(out)
+        except Exception as exc:  # noqa: BLE001 - one table's failure must not keep the others stale
+            logger.error("refresh of %s failed (%s: %s); the table is unchanged", out, type(exc).__name__, exc)
+    return done
+
+
 def _generation(rows: list[dict[str, Any]]) -> int | None:
     gens = {r.get("store_generation") for r in rows} - {None}
     return max(gens) if gens else None

@@ -159,3 +159,41 @@ def test_cache_prune_from_the_command_line(tmp_path):
     out = invoke("cache", "prune", "--max-entries", "1")
     assert out.exit_code == 0 and "3 entries pruned, 1 kept" in " ".join(out.output.split()), out.output
     assert invoke("cache", "vacuum").exit_code == 2
+
+
+def test_a_reindex_that_changes_a_document_refreshes_the_inbox_tables(prefect_harness, tmp_path):
+    """Issue 21, item 5: the reindex deployment's flow refreshes every table of the inbox's ledger when it changed
+    a document (each refresh a flow run with its change artifact), and nothing when it changed nothing."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterKey,
+        FlowRunFilter,
+        FlowRunFilterId,
+        FlowRunFilterName,
+    )
+
+    from flows.inbox import run_inbox
+    from flows.index import run_index
+
+    docs, store, qfile = _indexed(tmp_path)
+    inbox, results = tmp_path / "inbox", tmp_path / "results"
+    inbox.mkdir()
+    (inbox / "questions.jsonl").write_bytes(qfile.read_bytes())
+    run_inbox(inbox, results, store, generator=SMALLEST_GENERATOR, k=1, max_new_tokens=8)
+    table = results / "questions.parquet"
+    before = pl.read_parquet(table)
+
+    same = run_index(docs, store, refresh_results=str(results))
+    assert same.refreshed == [] and pl.read_parquet(table).equals(before), "nothing changed, nothing refreshed"
+    (docs / "paris.txt").write_text("Paris, on the Seine, has been the capital of France since 987.")
+    changed = run_index(docs, store, refresh_results=str(results))
+    assert changed.refreshed == [str(table.resolve())]
+    after = pl.read_parquet(table)
+    assert set(after["store_generation"].to_list()) == {before["store_generation"][0] + 1}
+    assert after.select(["question_id", "no_rag_answer"]).equals(before.select(["question_id", "no_rag_answer"]))
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(like_="refresh-questions-")))
+        arts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["refresh-changes"])),
+                                     flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[r.id for r in runs])))
+    assert len(runs) == 1 and len(arts) == 1, "one refresh flow run, with its change artifact"
