@@ -140,12 +140,17 @@ def show(
     question_id: Annotated[str | None, typer.Argument(help="Print this question's card (default: the summary)")]
     = None,
     passages: Annotated[int, typer.Option("--passages", "-p", help="Passages to print per card")] = 3,
+    changes: Annotated[bool, typer.Option("--changes", help="What the last `ragbatch refresh` changed "
+                                          "(RESULTS.changes.parquet)")] = False,
 ) -> None:
     """Print a result table's summary, or one question's card: both answers, the diff, the top passages."""
     from tasks.reporting.cards import ChunkTable, build_card, build_report
 
     console = Console(emoji=False, highlight=False)
     err = Console(stderr=True, emoji=False, highlight=False)
+    if changes:
+        print_changes(console, err, results)
+        return
     try:
         rows, config = _load(results)
     except (OSError, ValueError) as exc:
@@ -186,3 +191,27 @@ def print_answers(console: Console, rows: list[ResultRow]) -> None:
                       safe(r.rag_answer), "yes" if r.answers_differ else "no", safe(top),
                       safe(cited_where(r.citations)))
     console.print(table)
+
+
+def print_changes(console: Console, err: Console, results: Path) -> None:
+    """The last refresh's change table: every question whose evidence, text or answer changed, the passages that
+    left and entered, and both RAG answers; unchanged questions are counted, not listed."""
+    import pyarrow.parquet as pq
+
+    path = results.with_name(results.stem + ".changes.parquet")
+    if not path.is_file():
+        err.print(f"[bold red]error:[/] {safe(path)}: no change table (run `ragbatch refresh {safe(results)}` first)",
+                  soft_wrap=True)
+        raise typer.Exit(code=2)
+    rows = pq.read_table(path).to_pylist()
+    t = Table(title=f"What the last refresh of {results.name} changed", show_lines=True, expand=True)
+    for col, kw in (("id", {"no_wrap": True}), ("status", {}), ("re-generated", {}), ("passages left", {"ratio": 2}),
+                    ("passages entered", {"ratio": 2}), ("before", {"ratio": 2}), ("after", {"ratio": 2})):
+        t.add_column(col, **kw)
+    shown = [r for r in rows if r["status"] != "same" or r["answer_changed"]]
+    for r in shown:
+        t.add_row(*(text(v) for v in (r["question_id"], r["status"], "yes" if r["regenerated"] else "no",
+                                      "\n".join(r["left"]), "\n".join(r["entered"]), _clip(r["old_rag_answer"], 80),
+                                      _clip(r["new_rag_answer"], 80))))
+    console.print(t)
+    console.print(f"{len(rows) - len(shown)} questions unchanged (same evidence, same answers)")

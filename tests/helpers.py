@@ -44,13 +44,13 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600)
     return subprocess.run([*CLI, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def invoke(*args: str) -> Any:
-    """``ragbatch ARGS`` in this process (typer's runner): for commands that fail before any flow starts."""
+def invoke(*args: str, columns: int = 80) -> Any:
+    """``ragbatch ARGS`` in this process (typer's runner), printing ``columns`` wide."""
     from typer.testing import CliRunner
 
     from ragbatch.cli import app
 
-    return CliRunner().invoke(app, list(args))
+    return CliRunner().invoke(app, list(args), env={"COLUMNS": str(columns)})
 
 
 # ---------------------------------------------------------------- stores written by hand

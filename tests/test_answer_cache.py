@@ -111,7 +111,7 @@ def test_refresh_regenerates_exactly_the_answers_whose_evidence_changed(prefect_
     from flows.answer import run_answer
     from flows.index import run_index
     from flows.refresh import run_refresh
-    from helpers import run_cli
+    from helpers import invoke, run_cli
 
     docs, store, qfile = _indexed(tmp_path)
     kw = {"generator": SMALLEST_GENERATOR, "max_new_tokens": 12, "k": 1}
@@ -142,6 +142,8 @@ def test_refresh_regenerates_exactly_the_answers_whose_evidence_changed(prefect_
     moved = [c for c in pl.read_parquet(refreshed.changes_table).to_dicts() if c["status"] == "evidence"]
     assert all(any("paris.txt" in p for p in c["left"] + c["entered"]) for c in moved)
 
+    shown = invoke("show", str(out), "--changes", columns=300)
+    assert shown.exit_code == 0 and "paris.txt" in shown.output and "unchanged" in shown.output, shown.output
     # Question files gone: the table's own questions are refreshed, and the CLI says so.
     qfile.unlink()
     proc = run_cli("refresh", str(out), env=dict(api_env, COLUMNS="250"))
