@@ -24,6 +24,7 @@ from tasks.config import GenerationConfig, IndexConfig, RetrievalConfig, apply_c
 from tasks.evaluation.datasets import EvalDataset, EvalQuestion, load_eval_dataset
 from tasks.evaluation.evaluate import (
     ChunkRef,
+    document_table,
     examples_by_verdict,
     recall_curve,
     relevant_chunks,
@@ -140,6 +141,7 @@ def eval_flow(
                  for q, rk, ev in zip(ds.questions, rankings, evidence, strict=True)]
     curve = recall_curve([[c.chunk_id for c in rk] for rk in rankings], relevants, max(depth, max(ks)))
     examples = examples_by_verdict(rows, by_id) if ans else {}
+    documents = document_table(rows, by_id) if ans else []
     config = {"flow": "evaluate", "dataset": ds.name, "dataset_notes": ds.notes, "questions": len(rows),
               "store": store, "retriever": rc.retriever, "rerank": rc.rerank, "embedder": ic.embedder,
               "generator": gs.generator, "context_k": rc.k, "ks": ks, "indexing": to_dict(ic),
@@ -155,7 +157,7 @@ def eval_flow(
         labels = {r["question_id"]: {k: r[k] for k in ("verdict", "failure_stage", "failure_detail")} for r in rows}
         answer_report = Path(report_task(ans.out, [ResultRow.from_record(r) for r in by_id.values()], config,
                                          labels)[0]).name
-    files = write_eval_report(out, rows, summary, curve, examples, config, answer_report)
+    files = write_eval_report(out, rows, summary, curve, examples, config, answer_report, documents)
     create_table_artifact(key="eval-metrics", table=[{"metric": k, "value": v} for k, v in metric_table(summary)],
                           description=f"Evaluation of {ds.name} ({len(rows)} questions)")
     get_run_logger().info("evaluation: %s", {k: round(v, 3) if isinstance(v, float) else v

@@ -44,6 +44,9 @@ def test_eval_flow_writes_every_report(prefect_harness, tmp_path):
     assert set(df["verdict"].unique()) <= {"same", "grounded", "perturbed", "misled"}
     for r in df.iter_rows(named=True):
         assert (r["failure_stage"] is None) == r["rag_correct"]
+    docs = pl.read_parquet(tmp_path / "report" / "documents.parquet")  # each context document, verdicts counted
+    summary_md = (tmp_path / "report" / "summary.md").read_text()
+    assert docs["questions"].sum() >= 3 and "## Which documents mislead" in summary_md
     html = (tmp_path / "report" / "report.html").read_text()
     assert "data:image/png;base64," in html and "recall@1" in html
     assert (tmp_path / "report" / "recall_at_k.png").read_bytes()[:4] == b"\x89PNG"

@@ -85,3 +85,27 @@ def test_eval_row_matches_its_schema():
         record = row.to_record()
         assert list(record) == eval_schema([1, 5], answers).names
         assert pa.Table.from_pylist([record], schema=eval_schema([1, 5], answers)).to_pylist() == [record]
+
+
+def test_the_document_that_turns_right_answers_wrong_comes_first():
+    """Issue 21, item 6: a planted document that states a wrong fact, given as context to questions the model
+    answers right without it, heads the per-document table; the real scorer makes the verdicts."""
+    from tasks.evaluation.datasets import EvalQuestion
+    from tasks.evaluation.evaluate import ChunkRef, document_table, score_all
+
+    good = ChunkRef("paris#0", "paris.txt", 0, 40, "Paris is the capital of France.")
+    wrong = ChunkRef("planted#0", "planted.txt", 0, 40, "Lyon is the capital of France, not Paris.")
+    other = ChunkRef("nile#0", "nile.txt", 0, 40, "The Nile flows north through Egypt.")
+    questions = [EvalQuestion("q1", "What is the capital of France?", ("Paris",), ("paris.txt",)),
+                 EvalQuestion("q2", "Which city is France's capital?", ("Paris",), ("paris.txt",)),
+                 EvalQuestion("q3", "Which way does the Nile flow?", ("north",), ("nile.txt",))]
+    context = {"q1": [wrong, good], "q2": [wrong], "q3": [other]}
+    answers = {"q1": ("Paris", "Lyon"), "q2": ("Paris", "Lyon"), "q3": ("north", "north")}
+    by_id = {q.id: {"chunk_ids": [c.chunk_id for c in context[q.id]], "doc_ids": [c.doc_id for c in context[q.id]],
+                    "chunk_texts": [c.text for c in context[q.id]], "no_rag_answer": answers[q.id][0],
+                    "rag_answer": answers[q.id][1]} for q in questions}
+    rows = score_all(questions, [context[q.id] for q in questions], [[good], [good], [other]], by_id, [1, 5])
+    table = document_table(rows, by_id)
+    assert [d["doc_id"] for d in table] == ["planted.txt", "paris.txt", "nile.txt"]
+    assert table[0]["right_to_wrong"] == 2 and table[0]["misled"] == 2 and table[0]["questions"] == 2
+    assert table[1]["right_to_wrong"] == 1 and table[2]["right_to_wrong"] == 0 and table[2]["same"] == 1

@@ -27,8 +27,10 @@ def write_eval_report(
     examples: dict[str, list[dict[str, Any]]],
     config: dict[str, Any],
     answer_report: str = "",
+    documents: list[dict[str, Any]] | None = None,
 ) -> dict[str, Path]:
-    """Write every file of an eval report; ``answer_report`` names the answer run's page to link to."""
+    """Write every file of an eval report; ``answer_report`` names the answer run's page to link to;
+    ``documents``: evaluation's per-document table (``documents.parquet`` and a section of the summary)."""
     out = Path(out_dir).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
     paths = {
@@ -50,13 +52,32 @@ def write_eval_report(
         write_bytes_atomic(paths["failures_png"], failures_png)
     else:
         paths.pop("failures_png")
+    if documents:
+        paths["documents"] = out / "documents.parquet"
+        with atomic_path(paths["documents"]) as tmp:
+            pq.write_table(pa.Table.from_pylist(documents), tmp)
     write_json_atomic(paths["summary_json"], {"summary": summary, "recall_curve": curve})
     write_json_atomic(paths["config"], config)
-    md = summary_markdown(summary, examples, config)
+    md = summary_markdown(summary, examples, config) + documents_markdown(documents or [])
     write_bytes_atomic(paths["summary_md"], md.encode())
     write_bytes_atomic(paths["html"], _html(summary, examples, config, recall_png, failures_png,
                                                   answer_report).encode())
     return paths
+
+
+def documents_markdown(documents: list[dict[str, Any]], limit: int = 20) -> str:
+    """The documents that most often turn a right closed-book answer into a wrong one, first (evaluation sorts)."""
+    if not documents:
+        return ""
+    counts = [k for k in documents[0] if k not in ("doc_id", "questions", "right_to_wrong")]
+    lines = ["", "## Which documents mislead", "",
+             "Each document given as context: in how many questions, how many right-without-retrieval answers it "
+             "turned wrong, and the verdicts. All rows: `documents.parquet`.", "",
+             "| document | questions | right → wrong | " + " | ".join(counts) + " |",
+             "|---|---|---|" + "---|" * len(counts)]
+    lines += [f"| {md_code(d['doc_id'])} | {d['questions']} | {d['right_to_wrong']} | "
+              + " | ".join(str(d[c]) for c in counts) + " |" for d in documents[:limit]]
+    return "\n".join(lines) + "\n"
 
 
 def metric_table(summary: dict[str, Any]) -> list[tuple[str, str]]:

@@ -275,6 +275,24 @@ def examples_by_verdict(rows: list[dict[str, Any]], answers: dict[str, dict], pe
 
 
 
+def document_table(rows: list[dict[str, Any]], answers: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per document: in how many questions' context it was, and how those answers fared (verdicts; and
+    ``right_to_wrong``: right without retrieval, wrong with it). The documents that most often turn a right
+    closed-book answer into a wrong one come first: the sources a document owner should look at."""
+    table: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        if "verdict" not in r:
+            continue
+        for doc in dict.fromkeys(answers[r["question_id"]]["doc_ids"]):
+            d = table.setdefault(doc, {"doc_id": doc, "questions": 0, "right_to_wrong": 0,
+                                       **{v: 0 for v in (*VERDICTS, SAME)}})
+            d["questions"] += 1
+            d[r["verdict"]] += 1
+            d["right_to_wrong"] += bool(r["no_rag_correct"] and not r["rag_correct"])
+    _, _, misled = VERDICTS
+    return sorted(table.values(), key=lambda d: (-d["right_to_wrong"], -d[misled], -d["questions"], d["doc_id"]))
+
+
 def recall_curve(rankings: list[list[str]], relevants: list[set[str]], depth: int) -> list[float]:
     """Mean recall@k for k = 1..depth."""
     n = len(rankings) or 1
