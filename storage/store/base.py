@@ -102,7 +102,8 @@ class Store(ABC):
 
     @abstractmethod
     def _read_index(self) -> bytes:
-        """``index.json``'s bytes (``FileNotFoundError`` when there is none)."""
+        """``index.json``'s bytes (``FileNotFoundError`` when there is none). A backend that cannot reach its
+        storage raises its own error: that is not a damaged store, and ``verify`` says "could not check"."""
 
     @abstractmethod
     def manifest_name(self, generation: int) -> str:
@@ -146,8 +147,6 @@ class Store(ABC):
             raw = self._read_index()
         except FileNotFoundError:
             raise StoreError(f"no index at {self.root} (run `ragbatch index DOCS --store {self.root}` first)") from None
-        except OSError as exc:
-            raise StoreError(f"{self.loc(INDEX_FILE)}: unreadable index metadata ({exc})") from exc
         return self._parse_meta(raw)
 
     def _parse_meta(self, raw: str | bytes) -> IndexMeta:

@@ -52,7 +52,13 @@ class LocalStore(Store):
         return (self.root / INDEX_FILE).exists()
 
     def _read_index(self) -> bytes:
-        return (self.root / INDEX_FILE).read_bytes()
+        path = self.root / INDEX_FILE
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            raise
+        except OSError as exc:  # a local file that exists but cannot be read: the store's problem, named
+            raise StoreError(f"{path}: unreadable index metadata ({exc})") from exc
 
     def bm25_root(self) -> Path:
         """The store itself: its BM25 index is ``bm25/`` in the folder."""
