@@ -106,9 +106,10 @@ def timed(fn, *a, **kw):
     return out, time.perf_counter() - t0
 
 
-def write_results(section: str) -> None:
+def write_results(section: str, heading: str = HEADING) -> None:
+    """Replace (or append) the section under ``heading`` in benchmarks/RESULTS.md; the rest stays as it is."""
     text = RESULTS.read_text() if RESULTS.exists() else "# Benchmarks\n"
-    pattern = re.compile(rf"^{re.escape(HEADING)}\n.*?(?=^## |\Z)", re.S | re.M)
+    pattern = re.compile(rf"^{re.escape(heading)}\n.*?(?=^## |\Z)", re.S | re.M)
     if pattern.search(text):
         text = pattern.sub(lambda _: section, text)
     else:
