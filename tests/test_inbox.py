@@ -92,7 +92,9 @@ def test_deployments_carry_schedules_and_absolute_parameters(tmp_path, monkeypat
                                        generation=GenerationConfig(generator=SMALLEST_GENERATOR))
     assert (reindex.name, inbox.name) == ("reindex", "inbox")
     assert reindex.entrypoint == "flows.index.index_flow" and inbox.entrypoint == "flows.inbox.inbox_flow"
-    assert reindex.parameters == {"docs_dir": str(tmp_path / "docs"), "store": str(tmp_path / "store")}
+    # The reindex run refreshes the inbox's tables when it changed a document (issue 21, item 5).
+    assert reindex.parameters == {"docs_dir": str(tmp_path / "docs"), "store": str(tmp_path / "store"),
+                                  "refresh_results": str(tmp_path / "res")}
     assert inbox.parameters == {"inbox": str(tmp_path / "in"), "results": str(tmp_path / "res"),
                                 "store": str(tmp_path / "store"),
                                 "retrieval": to_dict(RetrievalConfig(k=2, rerank_depth=7)),
