@@ -25,7 +25,7 @@ from flows.naming import run_name
 from storage.atomic import write_bytes_atomic
 from storage.runs.answer_cache import AnswerCache
 from storage.runs.results import config_path, read_results
-from storage.runs.revisions import keep_revision
+from storage.runs.revisions import keep_revision, write_changes
 from tasks.config import RetrievalConfig, load_run_config, with_changes
 from tasks.reporting.changes import Change, compare_tables, summarize_changes
 
@@ -88,7 +88,7 @@ def refresh_flow(results: str, store: str | None = None, use_cache: bool = True,
     report.answer, report.changes = ans, compare_tables(old_rows, new_rows)
     report.summary = summarize_changes(report.changes)
     changes_path = path.with_name(path.stem + ".changes.parquet")
-    _write_changes(changes_path, report.changes)
+    write_changes(changes_path, [c.to_record() for c in report.changes])
     report.changes_table = str(changes_path)
     create_table_artifact(key="refresh-changes", table=[{"what": k, "count": v} for k, v in report.summary.items()],
                           description=f"Refresh of {path}: what the store's changes did to its answers")
@@ -119,16 +119,6 @@ def refresh_ledger(results_dir: str) -> list[str]:
 def _generation(rows: list[dict[str, Any]]) -> int | None:
     gens = {r.get("store_generation") for r in rows} - {None}
     return max(gens) if gens else None
-
-
-def _write_changes(path: Path, changes: list[Change]) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from storage.atomic import atomic_path
-
-    with atomic_path(path) as tmp:
-        pq.write_table(pa.Table.from_pylist([c.to_record() for c in changes]), tmp)
 
 
 def run_refresh(results: str | Path, store: str | None = None, **kw: Any) -> RefreshReport:

@@ -34,6 +34,16 @@ def keep_revision(results: Path, generation: int | None) -> Path:
     return target
 
 
+def write_changes(path: Path, records: list[dict]) -> None:
+    """The refresh's change table (``RESULTS.changes.parquet``; tasks/reporting/changes.py makes its rows),
+    written atomically."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    with atomic_path(path) as tmp:
+        pq.write_table(pa.Table.from_pylist(records), tmp)
+
+
 def revisions(results: Path) -> list[Path]:
     """The kept revisions of ``results``, oldest first."""
     folder = revisions_dir(results)
