@@ -285,13 +285,15 @@ class Store(ABC):
         old = self.meta() if self.exists() else None
         if old is not None and not replace_all and old.embedder.get("id") != embedder.get("id"):
             raise EmbedderMismatchError("commit with another embedder needs replace_all=True")
-        manifest: dict[str, ManifestRow] = {} if (old is None or replace_all) else {
+        before: dict[str, ManifestRow] = {} if old is None else {
             r["doc_id"]: ManifestRow.from_record(r) for r in self.manifest(old).to_pylist()}
+        manifest = {} if replace_all else dict(before)
         for doc_id in remove_doc_ids:
             manifest.pop(doc_id, None)
+        generation = (old.generation if old else 0) + 1
         for w in writes:
             for row in w.manifest_rows:
-                manifest[row.doc_id] = row
+                manifest[row.doc_id] = _stamped(row, before.get(row.doc_id), generation)
         shards = [] if (old is None or replace_all) else [s for s in old.shards if s.name not in drop_shards]
         shards += [w.info for w in writes]
         live_per_shard: dict[str, int] = {}
@@ -299,7 +301,6 @@ class Store(ABC):
             live_per_shard[row.shard] = live_per_shard.get(row.shard, 0) + int(row.n_chunks)
         # A shard with no live row is dead weight: drop it from the index now.
         shards = [s for s in shards if live_per_shard.get(s.name, 0) > 0]
-        generation = (old.generation if old else 0) + 1
         rows = sorted(manifest.values(), key=lambda r: r.doc_id)
         meta = IndexMeta(
             embedder=embedder,
@@ -357,6 +358,15 @@ class Store(ABC):
             return compact_store(self, min_dead_ratio, shard_rows)
         with self.lock(wait_s=lock_wait_s):
             return compact_store(self, min_dead_ratio, shard_rows)
+
+def _stamped(row: ManifestRow, prev: ManifestRow | None, generation: int) -> ManifestRow:
+    """``row`` with the generations that added its doc id and committed its content (schema.ManifestRow): kept
+    from ``prev`` while the content is the same (compaction, a re-write), ``generation`` where it is new."""
+    if prev is None:
+        return replace(row, added_at=generation, changed_at=generation)
+    same = prev.sha256 == row.sha256
+    return replace(row, added_at=prev.added_at, changed_at=prev.changed_at if same else generation)
+
 
 def new_shard_name() -> str:
     """A shard name never used before: the time and 32 random bits (object stores also refuse to overwrite)."""

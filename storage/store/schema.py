@@ -50,6 +50,8 @@ MANIFEST_SCHEMA = pa.schema(
         ("chunking", pa.string()),
         ("status", pa.string()),
         ("indexed_at", pa.float64()),
+        ("added_at", pa.int64()),
+        ("changed_at", pa.int64()),
     ]
 )
 
@@ -69,11 +71,16 @@ class ManifestRow:
     chunking: str  # tasks.ingest.chunk.ChunkSettings.key
     status: str
     indexed_at: float
+    # The generation whose commit added this doc id, and the one that committed its current content (sha256):
+    # ``refresh`` reads from these which documents changed between the generation a table was answered at and
+    # now (old manifests are not kept). None in a manifest written before they existed: "unknown".
+    added_at: int | None = None
+    changed_at: int | None = None
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> ManifestRow:
         """A row read back from the manifest table (``Table.to_pylist()``)."""
-        return cls(**{f.name: record[f.name] for f in fields(cls)})
+        return cls(**{f.name: record.get(f.name) for f in fields(cls)})
 
     def to_record(self) -> dict[str, Any]:
         return asdict(self)
