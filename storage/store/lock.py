@@ -42,7 +42,7 @@ class StoreLock:
     def __enter__(self) -> StoreLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         deadline = time.monotonic() + self.wait_s
-        me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time(), "doing": self.doing}
         while True:
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -99,8 +99,9 @@ class StoreLock:
                     f" (the lock file is empty or unreadable, {age:.0f}s old; it counts as stale after "
                     f"{EMPTY_LOCK_STALE_S:.0f}s)"
                 )
+        doing = (holder or {}).get("doing") or self.doing  # the holder says what it is doing (older ones do not)
         return (
-            f"{self.what} is locked by {who} ({self.doing}); "
+            f"{self.what} is locked by {who} ({doing}); "
             f"wait for it to finish (--wait SECONDS), or remove {self.path} if that process is gone"
         )
 
@@ -124,9 +125,8 @@ class StoreLock:
         return False
 
 
-def output_lock(out: Path, wait_s: float = 0.0) -> StoreLock:
+def output_lock(out: Path, wait_s: float = 0.0, doing: str = "an answer run is writing it") -> StoreLock:
     """The lock on a run's output table (and its config, report and parts), ``<out>.lock`` beside it: a second run
     with the same ``--out`` is refused naming the first, or waits ``wait_s`` (``--wait``), instead of silently
     replacing the first run's table."""
-    return StoreLock(out.with_name(out.name + ".lock"), wait_s, what=f"output {out}",
-                     doing="another answer run is writing it")
+    return StoreLock(out.with_name(out.name + ".lock"), wait_s, what=f"output {out}", doing=doing)
