@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Iterator
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -159,7 +160,8 @@ def answer_batch_task(
 def result_rows(questions: list[Question], b: BatchAnswers, retrieval: RetrievalConfig, generator: str,
                 embedder: str, store_generation: int) -> list[ResultRow]:
     """The result table's rows of one batch (the one place they are built); timings are per question. Each row
-    records its evidence: the store generation, each passage's content hash, and the two answer keys."""
+    records its evidence: the store generation searched (``store_generation`` when the hits do not say: an index
+    run may commit between the flow's start and a batch), each passage's content hash, and the two answer keys."""
     n, g = len(questions), b.answers
     keys = g.keys or [("", "")] * n
     return [ResultRow(
@@ -167,7 +169,7 @@ def result_rows(questions: list[Question], b: BatchAnswers, retrieval: Retrieval
         doc_ids=h.doc_ids, scores=h.scores, dense_scores=d, chunk_texts=h.texts, **cite_columns(raw, a1, h),
         no_rag_answer=a0, rag_answer=a1, rag_raw=raw, answers_differ=answers_differ(a0, a1), generator=generator,
         embedder=embedder, retriever=retrieval.name, k=retrieval.k, retrieve_s=b.retrieve_s / n,
-        generate_s=g.seconds / n, store_generation=store_generation,
+        generate_s=g.seconds / n, store_generation=store_generation if h.generation is None else h.generation,
         chunk_hashes=[hashlib.sha256(t.encode()).hexdigest() for t in h.texts], no_rag_key=k0, rag_key=k1,
     ) for q, h, a0, a1, raw, d, (k0, k1) in zip(questions, b.hits, g.no_rag, g.rag, g.rag_raw,
                                                 b.dense or [None] * n, keys, strict=True)]
@@ -211,6 +213,7 @@ def answer_flow(
     parallel_batches: int = 1,
     lock_wait_s: float = 0.0,
     use_cache: bool = True,
+    locked: bool = False,
     **changes: Any,
 ) -> AnswerReport:
     """Answer every question twice — without and with its retrieved chunks — into a Parquet table.
@@ -221,7 +224,8 @@ def answer_flow(
     device; one per worker on Dask); each finished batch is kept, so a killed run resumes. ``OUT.lock`` is held
     for the whole run: a second run with the same ``out`` is refused naming the first, or waits ``lock_wait_s``.
     ``use_cache``: answers whose key was seen (any earlier run) are read from the answer cache, not generated
-    (storage/runs/answer_cache.py); the cache is pruned to its bound at the end.
+    (storage/runs/answer_cache.py); the cache is pruned to its bound at the end. ``locked``: the caller holds
+    ``OUT.lock`` already (``refresh`` holds it for its whole run).
     """
     rc, gs = apply_changes(changes, retrieval or RetrievalConfig(), generation or GenerationConfig())
     gs = with_changes(gs, prompt=get_prompt(gs.prompt).name)  # the config says which template ran
@@ -229,7 +233,8 @@ def answer_flow(
     logger = get_run_logger()
     check_outputs(answer_outputs(out), inputs=questions, stores=[store])  # before any work (storage/outputs.py)
     stream = QuestionStream(questions)  # every file checked now; read batch by batch below (tasks/ingest/questions.py)
-    with (output_lock(Path(out).expanduser().resolve(), lock_wait_s),  # a second run on OUT: refused or waits
+    with (nullcontext() if locked else output_lock(Path(out).expanduser().resolve(), lock_wait_s),  # a second
+          # run on OUT: refused or waits
           stop_between_batches("the answer run") as stop):  # SIGTERM / SIGINT: stop after the current batch
         config = embedder_for_store(store, rc.embedder)  # refuses a store built by another embedder, up front
         report = AnswerReport(out=str(Path(out).expanduser().resolve()), question_errors=stream.errors)

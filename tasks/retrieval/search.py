@@ -52,6 +52,7 @@ class SearchResult:
     scores: list[float]
     spans: list[tuple[int, int]] = field(default_factory=list)
     pages: list[tuple[int | None, int | None]] = field(default_factory=list)  # (page_start, page_end) of each hit
+    generation: int | None = None  # the store generation searched: the one the hits are evidence from
 
 
 def search(
@@ -148,6 +149,7 @@ def _results(index: LoadedGeneration, queries: list[str], hits: Hits) -> list[Se
                 scores=[round(float(s), 6) for _, s in keep],
                 spans=list(zip(pc.take(starts, rows).to_pylist(), pc.take(ends, rows).to_pylist(), strict=True)),
                 pages=list(zip(pc.take(p0, rows).to_pylist(), pc.take(p1, rows).to_pylist(), strict=True)),
+                generation=index.generation,
             )
         )
     return results
