@@ -6,7 +6,7 @@ generation only for answers whose key changed (tasks/generation/keys.py). The ol
 answer cache under their keys first, so they are reused even when the cache was pruned or turned off; rows of a
 table written before the keys existed are answered again, once, and the run says so. The previous table is kept
 as a revision (storage/runs/revisions.py) before the new one replaces it; the comparison of the two goes to
-``RESULTS.changes.parquet`` and a Prefect artifact.
+``RESULTS.changes.parquet``, the page ``RESULTS.changes.html`` and a Prefect artifact.
 """
 
 from __future__ import annotations
@@ -23,11 +23,15 @@ from prefect.artifacts import create_table_artifact
 from flows.answer import AnswerReport, answer_flow
 from flows.naming import run_name
 from storage.atomic import write_bytes_atomic
+from storage.hooks import crash_point
+from storage.reports.html import changes_report_path, write_changes_report
 from storage.runs.answer_cache import AnswerCache
 from storage.runs.results import config_path, read_results
-from storage.runs.revisions import keep_revision, write_changes
+from storage.runs.revisions import finish_revision, pending_revision, start_revision, write_changes
+from storage.store import open_store
+from storage.store.lock import output_lock
 from tasks.config import RetrievalConfig, load_run_config, with_changes
-from tasks.reporting.changes import Change, compare_tables, summarize_changes
+from tasks.reporting.changes import FILTERS, Change, Manifest, change_view, compare_tables, summarize_changes
 
 
 @dataclass
@@ -35,6 +39,7 @@ class RefreshReport:
     out: str
     revision: str = ""  # where the previous table was kept
     changes_table: str = ""
+    changes_report: str = ""  # RESULTS.changes.html
     summary: dict[str, int] = field(default_factory=dict)
     seeded: int = 0  # old answers put into the cache under their keys
     unknown_evidence: int = 0  # rows of a table written before the evidence columns: answered again
@@ -47,55 +52,110 @@ class RefreshReport:
 @flow(name="refresh", flow_run_name=run_name("refresh", "results", stem=True))
 def refresh_flow(results: str, store: str | None = None, use_cache: bool = True, lock_wait_s: float = 0.0,
                  **changes: Any) -> RefreshReport:
-    """Refresh ``results`` (a finished answer run's table) against the store's current generation."""
+    """Refresh ``results`` (a finished answer run's table) against the store's current generation.
+
+    ``RESULTS.lock`` is held throughout: a second refresh (or an answer run) of the same table is refused naming
+    this one, or waits ``lock_wait_s``. A kill at any point leaves the previous table in place or kept as a
+    revision; ``RESULTS.refresh.json`` (written once the revision is kept, removed once the change table and page
+    are) tells the re-run to compare against that revision, so the change it reports is the whole change.
+    """
     t0 = time.perf_counter()
     logger = get_run_logger()
     path = Path(results).expanduser().resolve()
-    saved = load_run_config(config_path(path))
-    old_rows = read_results(path).to_pylist()
-    report = RefreshReport(out=str(path))
+    with output_lock(path, lock_wait_s, doing="a refresh is rewriting it"):
+        pending = pending_revision(path)
+        base = pending or path  # a killed refresh's revision is the table as it was before that refresh
+        saved = load_run_config(config_path(base))
+        old_rows = read_results(base).to_pylist()
+        report = RefreshReport(out=str(path))
+        questions = _question_files(saved, old_rows, path, report)
+        report.seeded, report.unknown_evidence = _seed_cache(old_rows)
+        if report.unknown_evidence:
+            logger.warning("%d rows of %s were written before answers recorded their evidence: they are answered "
+                           "again, once", report.unknown_evidence, path)
+        if pending:
+            logger.warning("an earlier refresh of %s was stopped: comparing against the table it kept, %s", path,
+                           pending)
+        report.revision = str(pending or start_revision(path, _generation(old_rows)))
+        crash_point("after-revision")
+        rc: RetrievalConfig = saved["retrieval"]
+        gs = saved["generation"]
+        retrieval_changes = {k: v for k, v in changes.items() if hasattr(rc, k)}
+        generation_changes = {k: v for k, v in changes.items() if hasattr(gs, k)}
+        store = store or saved["store"]
+        ans = answer_flow(questions, store, str(path), with_changes(rc, **retrieval_changes),
+                          with_changes(gs, **generation_changes),
+                          batch_questions=int(saved.get("batch_questions") or 64), use_cache=use_cache, locked=True)
+        crash_point("after-refreshed-table")
+        new_rows = [r.to_record() for r in ans.rows]
+        manifest = _manifest(store, new_rows)
+        report.answer, report.changes = ans, compare_tables(old_rows, new_rows, manifest)
+        report.summary = summarize_changes(report.changes)
+        records = [c.to_record() for c in report.changes]
+        changes_path = path.with_name(path.stem + ".changes.parquet")
+        write_changes(changes_path, records)
+        report.changes_table = str(changes_path)
+        report.changes_report = _write_page(path, records, report.summary)
+        finish_revision(path)
+    create_table_artifact(key="refresh-changes", table=[{"what": k, "count": v} for k, v in report.summary.items()],
+                          description=f"Refresh of {path}: what the store's changes did to its answers; "
+                                      f"every change: file://{report.changes_report}")
+    report.seconds = time.perf_counter() - t0
+    logger.info("refresh %s: %s; %d answers generated, %d from the cache; previous table kept as %s",
+                path, report.summary, 2 * ans.questions - ans.from_cache, ans.from_cache, report.revision)
+    return report
+
+
+def _question_files(saved: dict[str, Any], old_rows: list[dict[str, Any]], path: Path,
+                    report: RefreshReport) -> list[str]:
+    """The run's question files; when they are gone, a file of the questions stored in the table (with gold)."""
     questions = [str(q) for q in saved.get("questions") or []]
-    if not questions or not all(Path(q).exists() for q in questions):
-        # The question files are gone: the table holds every question, so it can be answered from itself.
-        qfile = path.with_name(path.name + ".questions.jsonl")
-        write_bytes_atomic(qfile, "".join(json.dumps({"id": r["question_id"], "question": r["question"],
-                                                      "answers": r["gold_answers"] or []}) + "\n"
-                                          for r in old_rows).encode())
-        logger.warning("question files %s not found: refreshing the %d questions stored in %s", questions,
-                       len(old_rows), path)
-        questions, report.questions_from_table = [str(qfile)], True
-    cache = AnswerCache()
+    if questions and all(Path(q).exists() for q in questions):
+        return questions
+    qfile = path.with_name(path.name + ".questions.jsonl")
+    write_bytes_atomic(qfile, "".join(json.dumps({"id": r["question_id"], "question": r["question"],
+                                                  "answers": r["gold_answers"] or []}) + "\n"
+                                      for r in old_rows).encode())
+    get_run_logger().warning("question files %s not found: refreshing the %d questions stored in %s", questions,
+                             len(old_rows), path)
+    report.questions_from_table = True
+    return [str(qfile)]
+
+
+def _seed_cache(old_rows: list[dict[str, Any]]) -> tuple[int, int]:
+    """Put the table's answers into the answer cache under their keys (so they are reused even when the cache was
+    pruned or is off); returns (answers seeded, rows without keys)."""
+    cache, seeded, unknown = AnswerCache(), 0, 0
     for r in old_rows:
         if r.get("no_rag_key") and r.get("rag_key"):
             for key, answer in ((r["no_rag_key"], r["no_rag_answer"]), (r["rag_key"], r["rag_raw"])):
                 if cache.get(key) is None:
                     cache.put(key, answer)
-                    report.seeded += 1
+                    seeded += 1
         else:
-            report.unknown_evidence += 1
-    if report.unknown_evidence:
-        logger.warning("%d rows of %s were written before answers recorded their evidence: they are answered "
-                       "again, once", report.unknown_evidence, path)
-    report.revision = str(keep_revision(path, _generation(old_rows)))
-    rc: RetrievalConfig = saved["retrieval"]
-    gs = saved["generation"]
-    retrieval_changes = {k: v for k, v in changes.items() if hasattr(rc, k)}
-    generation_changes = {k: v for k, v in changes.items() if hasattr(gs, k)}
-    ans = answer_flow(questions, store or saved["store"], str(path), with_changes(rc, **retrieval_changes),
-                      with_changes(gs, **generation_changes), batch_questions=int(saved.get("batch_questions") or 64),
-                      lock_wait_s=lock_wait_s, use_cache=use_cache)
-    new_rows = [r.to_record() for r in ans.rows]
-    report.answer, report.changes = ans, compare_tables(old_rows, new_rows)
-    report.summary = summarize_changes(report.changes)
-    changes_path = path.with_name(path.stem + ".changes.parquet")
-    write_changes(changes_path, [c.to_record() for c in report.changes])
-    report.changes_table = str(changes_path)
-    create_table_artifact(key="refresh-changes", table=[{"what": k, "count": v} for k, v in report.summary.items()],
-                          description=f"Refresh of {path}: what the store's changes did to its answers")
-    report.seconds = time.perf_counter() - t0
-    logger.info("refresh %s: %s; %d answers generated, %d from the cache; previous table kept as %s",
-                path, report.summary, 2 * ans.questions - ans.from_cache, ans.from_cache, report.revision)
-    return report
+            unknown += 1
+    return seeded, unknown
+
+
+def _manifest(store: str, rows: list[dict[str, Any]]) -> Manifest | None:
+    """The refreshed generation's documents (doc id → added_at, changed_at), or None when the store has moved on
+    since the rows were answered (then which document changed when is not known)."""
+    s = open_store(store)
+    meta = s.meta()
+    if {r.get("store_generation") for r in rows} - {meta.generation}:
+        get_run_logger().warning("store %s committed generation %d during the refresh: document changes are shown "
+                                 "as unknown", store, meta.generation)
+        return None
+    return {r["doc_id"]: (r["added_at"], r["changed_at"]) for r in
+            s.manifest(meta).select(["doc_id", "added_at", "changed_at"]).to_pylist()}
+
+
+def _write_page(path: Path, records: list[dict[str, Any]], summary: dict[str, int]) -> str:
+    entries = change_view(records)
+    rows = [(k.replace("_", " "), str(v)) for k, v in summary.items()]
+    filters = [(name, sum(name in e["filters"] for e in entries)) for name in FILTERS]
+    return str(write_changes_report(changes_report_path(path), path.name, rows, entries, filters,
+                                    len(records) - len(entries)))
 
 
 def refresh_ledger(results_dir: str) -> list[str]:

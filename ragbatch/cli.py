@@ -217,14 +217,18 @@ def refresh(
         err.print(f"[yellow]{r.unknown_evidence} rows predate recorded evidence:[/] answered again, once")
     s, a = r.summary, r.answer
     table = Table(title=f"What the store's changes did to {results.name}")
-    for col in ("questions", "evidence changed", "answers re-generated", "answers changed", "new", "removed",
-                "edited"):
+    for col in ("questions", "evidence changed", "answers re-generated", "answers changed", "verdicts changed",
+                "new", "removed", "edited"):
         table.add_column(col, justify="right")
     table.add_row(str(a.questions if a else 0), str(s["evidence"]), str(2 * a.questions - a.from_cache if a else 0),
-                  str(s["answers_changed"]), str(s["new"]), str(s["removed"]), str(s["edited"]))
+                  str(s["answers_changed"]), str(s["verdicts_changed"]), str(s["new"]), str(s["removed"]),
+                  str(s["edited"]))
     console.print(table)
-    console.print(f"changes → {safe(r.changes_table)}; previous table → {safe(r.revision)}; {r.seconds:.1f}s",
-                  soft_wrap=True)
+    for what, n in s.items():
+        if what.startswith("verdict "):  # with gold answers: grounded → misled and so on
+            console.print(f"  {safe(what)}: {n}")
+    console.print(f"changes → {safe(r.changes_report)} and {safe(r.changes_table)}; previous table → "
+                  f"{safe(r.revision)}; {r.seconds:.1f}s", soft_wrap=True)
 
 
 @app.command()

@@ -205,13 +205,17 @@ def print_changes(console: Console, err: Console, results: Path) -> None:
         raise typer.Exit(code=2)
     rows = pq.read_table(path).to_pylist()
     t = Table(title=f"What the last refresh of {results.name} changed", show_lines=True, expand=True)
-    for col, kw in (("id", {"no_wrap": True}), ("status", {}), ("re-generated", {}), ("passages left", {"ratio": 2}),
-                    ("passages entered", {"ratio": 2}), ("before", {"ratio": 2}), ("after", {"ratio": 2})):
+    for col, kw in (("id", {"no_wrap": True}), ("status", {}), ("re-generated", {}), ("because", {"ratio": 2}),
+                    ("passages left", {"ratio": 2}), ("passages entered", {"ratio": 2}), ("before", {"ratio": 2}),
+                    ("after", {"ratio": 2}), ("verdict", {})):
         t.add_column(col, **kw)
     shown = [r for r in rows if r["status"] != "same" or r["answer_changed"]]
     for r in shown:
+        verdict = (f"{r.get('old_verdict')} → {r.get('new_verdict')}" if r.get("verdict_changed")
+                   else r.get("new_verdict") or "")
         t.add_row(*(text(v) for v in (r["question_id"], r["status"], "yes" if r["regenerated"] else "no",
-                                      "\n".join(r["left"]), "\n".join(r["entered"]), _clip(r["old_rag_answer"], 80),
-                                      _clip(r["new_rag_answer"], 80))))
+                                      "\n".join(r.get("documents") or []), "\n".join(r["left"]),
+                                      "\n".join(r["entered"]), _clip(r["old_rag_answer"], 80),
+                                      _clip(r["new_rag_answer"], 80), verdict)))
     console.print(t)
     console.print(f"{len(rows) - len(shown)} questions unchanged (same evidence, same answers)")

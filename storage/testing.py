@@ -13,6 +13,8 @@ process SIGTERM there and goes on. The points
 - ``after-index-json``   ``index.json`` is renamed (committed), garbage not yet collected, BM25 not yet synced
 - ``after-bm25``         the BM25 index (``bm25/``) is synced to the new generation
 - ``after-result-part``  the answer flow kept a finished batch (storage/runs/results.py)
+- ``after-revision``     a refresh kept the previous table as a revision and noted it (``RESULTS.refresh.json``)
+- ``after-refreshed-table``  a refresh's new table is in place, its change table and page not yet written
 """
 
 from __future__ import annotations

@@ -199,29 +199,3 @@ def test_a_reindex_that_changes_a_document_refreshes_the_inbox_tables(prefect_ha
         arts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["refresh-changes"])),
                                      flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[r.id for r in runs])))
     assert len(runs) == 1 and len(arts) == 1, "one refresh flow run, with its change artifact"
-
-
-def test_a_killed_refresh_leaves_the_previous_table_and_the_rerun_completes(prefect_harness, api_env, tmp_path):
-    """Issue 21: a refresh killed after its first batch (of three) leaves the previous table in place, and the
-    same command run again completes it (the killed run's kept batch is resumed)."""
-    import signal
-
-    from flows.answer import run_answer
-    from flows.index import run_index
-    from helpers import run_cli
-    from storage.testing import KILL_ENV
-
-    docs, store, qfile = _indexed(tmp_path)
-    out = tmp_path / "results.parquet"
-    run_answer(qfile, store, out, generator=SMALLEST_GENERATOR, max_new_tokens=8, k=1, batch_questions=1)
-    old = pl.read_parquet(out)
-    (docs / "everest.txt").write_text("Mount Everest, 8,849 metres, was first climbed in 1953.")
-    run_index(docs, store)
-    killed = run_cli("refresh", str(out), env=dict(api_env, **{KILL_ENV: "after-result-part:1"}))
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
-    assert pl.read_parquet(out).equals(old), "the previous table is intact"
-    done = run_cli("refresh", str(out), env=dict(api_env, COLUMNS="250"))
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    new = pl.read_parquet(out)
-    assert new["question_id"].to_list() == old["question_id"].to_list()
-    assert set(new["store_generation"].to_list()) == {old["store_generation"][0] + 1}

@@ -90,3 +90,19 @@ def write_answer_report(path: str | Path, report: dict[str, Any]) -> Path:
     path = Path(path)
     write_bytes_atomic(path, render_answer_report(report).encode())
     return path
+
+
+def changes_report_path(results: str | Path) -> Path:
+    """``RESULTS.changes.html`` beside ``RESULTS.parquet``: what the last refresh changed."""
+    results = Path(results).expanduser().resolve()
+    return results.with_name(results.stem + ".changes.html")
+
+
+def write_changes_report(path: str | Path, title: str, summary_rows: list[tuple[str, str]],
+                         entries: list[dict[str, Any]], filters: list[tuple[str, int]], unchanged: int) -> Path:
+    """The refresh's change page (``tasks.reporting.changes.change_view`` prepares the entries), atomically."""
+    path = Path(path)
+    page = render("changes.html.j2", title=title, summary_rows=summary_rows, entries=entries, filters=filters,
+                  unchanged=unchanged)
+    write_bytes_atomic(path, page.encode())
+    return path

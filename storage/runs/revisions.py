@@ -8,11 +8,12 @@ place or in place and in the revisions: never lost.
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from pathlib import Path
 
-from storage.atomic import atomic_path
+from storage.atomic import atomic_path, write_json_atomic
 from storage.runs.results import config_path
 
 
@@ -32,6 +33,32 @@ def keep_revision(results: Path, generation: int | None) -> Path:
             with atomic_path(dst) as tmp:
                 shutil.copyfile(src, tmp)
     return target
+
+
+def pending_path(results: Path) -> Path:
+    return results.with_name(results.stem + ".refresh.json")
+
+
+def start_revision(results: Path, generation: int | None) -> Path:
+    """Keep ``results`` as a revision and note it as the base of the refresh under way (``RESULTS.refresh.json``),
+    so a re-run after a kill compares against it, not against a table the killed run may already have replaced."""
+    kept = keep_revision(results, generation)
+    write_json_atomic(pending_path(results), {"revision": str(kept)})
+    return kept
+
+
+def pending_revision(results: Path) -> Path | None:
+    """The revision a stopped refresh started from, when there is one and it is still there."""
+    try:
+        kept = Path(json.loads(pending_path(results).read_text())["revision"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return kept if kept.is_file() and kept.parent == revisions_dir(results) else None
+
+
+def finish_revision(results: Path) -> None:
+    """The refresh's change table and page are written: the next refresh starts from the table itself."""
+    pending_path(results).unlink(missing_ok=True)
 
 
 def write_changes(path: Path, records: list[dict]) -> None:
