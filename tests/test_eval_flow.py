@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+from html import escape as html_escape
 
 import polars as pl
 
@@ -49,6 +51,11 @@ def test_eval_flow_writes_every_report(prefect_harness, tmp_path):
     assert docs["questions"].sum() >= 3 and "## Which documents mislead" in summary_md
     html = (tmp_path / "report" / "report.html").read_text()
     assert "data:image/png;base64," in html and "recall@1" in html
+    # The same table on the page, in the same order (the documents that turn right answers wrong first).
+    section = html.split("<h2>Which documents mislead</h2>", 1)[1].split("</table>", 1)[0]
+    cells = re.findall(r"<tr><td><code>(.*?)</code></td><td>(\d+)</td><td>(\d+)</td>", section)
+    assert cells == [(html_escape(d), str(q), str(rw)) for d, q, rw in
+                     docs.select(["doc_id", "questions", "right_to_wrong"]).iter_rows()]
     assert (tmp_path / "report" / "recall_at_k.png").read_bytes()[:4] == b"\x89PNG"
     # A second run reuses the index (nothing re-embedded).
     again = run_eval(str(ds), tmp_path / "store", tmp_path / "report2", ks=[1], context_k=1,

@@ -61,7 +61,7 @@ def write_eval_report(
     md = summary_markdown(summary, examples, config) + documents_markdown(documents or [])
     write_bytes_atomic(paths["summary_md"], md.encode())
     write_bytes_atomic(paths["html"], _html(summary, examples, config, recall_png, failures_png,
-                                                  answer_report).encode())
+                                            answer_report, documents or []).encode())
     return paths
 
 
@@ -186,7 +186,8 @@ def _failure_plot(summary: dict[str, Any]) -> bytes:
     return _png(fig)
 
 
-def _html(summary, examples, config, recall_png: bytes, failures_png: bytes, answer_report: str = "") -> str:
+def _html(summary, examples, config, recall_png: bytes, failures_png: bytes, answer_report: str = "",
+          documents: list[dict[str, Any]] | None = None, limit: int = 50) -> str:
     """The page, rendered from storage/reports/templates/eval.html.j2 (autoescaped); this only prepares its data."""
     def src(data: bytes) -> str:
         return f"data:image/png;base64,{base64.b64encode(data).decode()}"
@@ -195,4 +196,7 @@ def _html(summary, examples, config, recall_png: bytes, failures_png: bytes, ans
     images = [("recall@k", src(recall_png))] + ([("failures by stage", src(failures_png))] if answers else [])
     return render("eval.html.j2", summary=summary, config=config, answers=answers, metrics=metric_table(summary),
                   generation=_generation(config), images=images, examples=examples, verdicts=list(examples),
-                  answer_report=answer_report, config_json=json.dumps(config, indent=2, default=str))
+                  answer_report=answer_report, config_json=json.dumps(config, indent=2, default=str),
+                  documents=(documents or [])[:limit], documents_total=len(documents or []),
+                  document_counts=[k for k in (documents or [{}])[0] if k not in ("doc_id", "questions",
+                                                                                  "right_to_wrong")])
