@@ -1,16 +1,24 @@
-"""Text rules shared by generation, evaluation and reporting: one normalisation, one notion of an answer's
-content words and of its support in a passage.
+"""Text rules shared by generation, evaluation and reporting: two normalisations, one notion of an answer's content
+words, of its support in a passage, and of a passage that holds it.
 
 They live here, not in evaluation, so that generation (snapping, citations) never reaches into evaluation.
-``normalize_answer`` is SQuAD v1.1's rule, which exact match and F1 keep by definition.
+
+- ``normalize_answer`` is SQuAD v1.1's rule. Exact match and F1 keep it, because it is the benchmark's definition.
+  It strips every punctuation mark, so "1.5" becomes "15" and "4,096" becomes "4096".
+- ``normalize_word`` is the same rule for one word, except that a number stays whole: a decimal point stays
+  ("1.5" is not "15"), and thousands separators go ("4,096" is "4096"). Everything that says whether a passage
+  *supports* an answer uses it: faithfulness, the report's highlights, snapping and citations (issue 24). A
+  number is a fact; two numbers that differ by a decimal point are different facts.
 """
 
 from __future__ import annotations
 
 import re
 import string
+from functools import lru_cache
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
+_WORD = re.compile(r"\S+")
 _PUNCT = set(string.punctuation)
 
 
@@ -18,6 +26,39 @@ def normalize_answer(text: str) -> str:
     """Lower-case, drop punctuation and articles, collapse whitespace (the SQuAD v1.1 rule)."""
     text = "".join(ch for ch in text.lower() if ch not in _PUNCT)
     return " ".join(_ARTICLES.sub(" ", text).split())
+
+
+_NUMBER = re.compile(r"\d+(?:[.,]\d+)+")
+_POINT = "\ue000"  # a private-use character: a decimal point while punctuation is stripped
+
+
+def _number(m: re.Match[str]) -> str:
+    """A number with separators, written canonically: "4,096" → "4096", "1,234.5" → "1234.5", "1.5" → "1.5",
+    "1,5" → "1.5" (a comma before other than three digits is a decimal comma), "3.11.7" stays (a version)."""
+    s = m.group()
+    if "," in s and "." in s:  # the last separator is the decimal one
+        dec = max(s.rfind(","), s.rfind("."))
+        return s[:dec].replace(",", "").replace(".", "") + _POINT + s[dec + 1:]
+    if "," in s:
+        groups = s.split(",")
+        if all(len(g) == 3 for g in groups[1:]):
+            return "".join(groups)  # thousands
+        return _POINT.join(groups)  # a decimal comma (or a list without spaces: kept apart, never glued)
+    return s.replace(".", _POINT)
+
+
+@lru_cache(maxsize=1 << 16)
+def normalize_word(word: str) -> str:
+    """One whitespace-separated word, normalised as ``normalize_answer`` would, but with numbers kept whole (module
+    docstring); "" for punctuation alone or an article."""
+    w = _NUMBER.sub(_number, word.lower())
+    w = "".join(ch for ch in w if ch not in _PUNCT).replace(_POINT, ".")
+    return "" if w in ("a", "an", "the") else w
+
+
+def support_tokens(text: str) -> list[str]:
+    """The number-aware tokens of ``text``, in order (``normalize_word`` of each word, empty ones dropped)."""
+    return [t for t in map(normalize_word, text.split()) if t]
 
 
 def answers_differ(a: str, b: str) -> bool:
@@ -35,14 +76,58 @@ STOPWORDS = frozenset(
 
 
 def content_tokens(text: str) -> list[str]:
-    """Normalized tokens without stopwords: what an answer claims."""
-    return [t for t in normalize_answer(text).split() if t not in STOPWORDS]
+    """Number-aware tokens without stopwords: what an answer claims."""
+    return [t for t in support_tokens(text) if t not in STOPWORDS]
 
 
 def support(answer: str, context: str) -> float:
-    """Share of the answer's content tokens that occur in ``context`` (1.0 for an answer with none)."""
+    """Share of the answer's content tokens that occur in ``context`` (1.0 for an answer with none): faithfulness,
+    and a passage's support of an answer in the verdicts."""
     toks = content_tokens(answer)
     if not toks:
         return 1.0
-    ctx = set(normalize_answer(context).split())
+    ctx = set(support_tokens(context))
     return sum(t in ctx for t in toks) / len(toks)
+
+
+def claims(answer: str, question: str = "") -> list[tuple[str, ...]]:
+    """The phrases an answer must be found as, in order: its runs of content words, cut at stopwords and at the
+    question's own words (an answer that restates the question, "Llama 3 was trained on 15 trillion tokens", claims
+    only "15 trillion"). An answer made only of the question's words claims its content words, cut at stopwords."""
+    asked = set(support_tokens(question))
+    for skip in (asked, set()):
+        runs: list[tuple[str, ...]] = []
+        run: list[str] = []
+        for t in support_tokens(answer):
+            if t in STOPWORDS or t in skip:
+                if run:
+                    runs.append(tuple(run))
+                run = []
+            else:
+                run.append(t)
+        if run:
+            runs.append(tuple(run))
+        if runs:
+            return runs
+    return []
+
+
+def holding_spans(answer: str, passage: str, question: str = "") -> list[tuple[int, int]] | None:
+    """Where ``passage`` holds ``answer``: for each of the answer's :func:`claims`, the [start, end) character span of
+    its first occurrence as consecutive words of the passage (stopwords between them skipped). None when a claim
+    is missing or only partly there: "15 trillion" is not held by "2 trillion", nor "1.5 billion" by "15 billion".
+    An answer with no claim is held nowhere."""
+    runs = claims(answer, question)
+    if not runs:
+        return None
+    words = [(normalize_word(m.group()), m.start(), m.end()) for m in _WORD.finditer(passage)]
+    words = [(t, a, b) for t, a, b in words if t and t not in STOPWORDS]
+    toks = [t for t, _, _ in words]
+    spans = []
+    for run in runs:
+        n = len(run)
+        at = next((i for i in range(len(toks) - n + 1) if tuple(toks[i:i + n]) == run), None)
+        if at is None:
+            return None
+        spans.append((words[at][1], words[at + n - 1][2]))
+    return spans

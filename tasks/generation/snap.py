@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-from tasks.text import STOPWORDS, normalize_answer
+from tasks.text import STOPWORDS, normalize_word, support_tokens
 
 # Words at which an over-long answer is cut, keeping what comes before: a trailing place, time or clause.
 CUT_WORDS = ("in", "at", "on", "near", "from", "during", "which", "who", "that", "where", "when", "because")
@@ -21,13 +21,18 @@ _COPULA = re.compile(r"\b(?:is|are|was|were|has been|had been|will be)\b", re.I)
 
 
 def _in_passages(span: str, passages: list[str]) -> bool:
-    norm = normalize_answer(span)
+    """``span`` occurs word for word in a passage (``passages`` already :func:`_normal`), numbers whole."""
+    norm = _normal(span)
     return bool(norm) and any(f" {norm} " in f" {p} " for p in passages)
+
+
+def _normal(text: str) -> str:
+    return " ".join(support_tokens(text))
 
 
 def _has_content(span: str, question_words: set[str]) -> bool:
     """A word that is neither a stopword nor the question's own: SQuAD answers rarely repeat the question."""
-    return any(t not in STOPWORDS and t not in question_words for t in normalize_answer(span).split())
+    return any(t not in STOPWORDS and t not in question_words for t in support_tokens(span))
 
 
 def _restatement_cut(answer: str, question_words: set[str]) -> str | None:
@@ -39,11 +44,11 @@ def _restatement_cut(answer: str, question_words: set[str]) -> str | None:
     m = _COPULA.search(answer)
     if not m or m.start() == 0:
         return None
-    head = normalize_answer(answer[: m.start()]).split()
+    head = support_tokens(answer[: m.start()])
     if not head or sum(t in question_words for t in head) / len(head) < 0.6:
         return None
     words = answer[m.end():].split()
-    while words and (normalize_answer(words[0]) in question_words or normalize_answer(words[0]) in STOPWORDS):
+    while words and (normalize_word(words[0]) in question_words or normalize_word(words[0]) in STOPWORDS):
         words.pop(0)
     return " ".join(words).strip(" ,.") or None
 
@@ -52,14 +57,14 @@ def snap_answer(answer: str, question: str, passages: list[str]) -> str:
     """The shortest leading span of ``answer`` (after a restated question is dropped) found in ``passages``.
 
     Candidates are the answer itself and its prefixes ending before a cut mark or cut word; the shortest one
-    that has a content word and occurs verbatim (after SQuAD normalization) in some passage wins. An answer
-    with no such span is returned unchanged.
+    that has a content word and occurs verbatim in some passage wins (number-aware: "1.5" is not found as "15").
+    An answer with no such span is returned unchanged.
     """
     text = " ".join(answer.split()).strip()
     if not text or not passages:
         return answer
-    norm_passages = [normalize_answer(p) for p in passages]
-    question_words = set(normalize_answer(question).split())
+    norm_passages = [_normal(p) for p in passages]
+    question_words = set(support_tokens(question))
     candidates = [text]
     rest = _restatement_cut(text, question_words)
     if rest:

@@ -1,9 +1,9 @@
 """What the report marks in text: the word diff of two answers, the passage span supporting an answer, gold spans.
 
-Token-level on purpose and with the same tokens as faithfulness (:func:`tasks.evaluation.metrics.support`): a
-passage word
-counts when its SQuAD-normalized form is one of the answer's content tokens, so a highlighted span is exactly
-what the faithfulness number counted. Every function returns character offsets into the text it was given and
+Token-level on purpose and with the same tokens as faithfulness (:func:`tasks.text.support`): a passage word
+counts when its number-aware normal form (:func:`tasks.text.normalize_word`: "1.5" stays "1.5", "4,096" is
+"4096") is one of the answer's content tokens, so a highlighted span is exactly what the faithfulness number
+counted. Every function returns character offsets into the text it was given and
 never alters the text, so the renderer can escape it as is.
 """
 
@@ -13,16 +13,14 @@ import re
 from difflib import SequenceMatcher
 from functools import lru_cache
 
-from tasks.text import content_tokens, normalize_answer
+from tasks.text import content_tokens, normalize_answer, normalize_word, support_tokens
 
 _WORD = re.compile(r"\S+")
 
 Span = tuple[int, int]  # [start, end) character offsets
 
 
-@lru_cache(maxsize=1 << 16)
-def _norm(word: str) -> str:
-    return normalize_answer(word)
+_norm = normalize_word  # number-aware (tasks/text.py): the highlights are the support that faithfulness counts
 
 
 @lru_cache(maxsize=4096)
@@ -39,7 +37,7 @@ def _parsed(text: str) -> tuple[tuple[str, ...], list[Span]]:
 def words(text: str) -> list[tuple[str, int, int]]:
     """Whitespace-separated words with their normalized form and offsets: ``(norm, start, end)``.
 
-    A word normalizes to one token or to "" (punctuation, an article), exactly as ``normalize_answer`` treats
+    A word normalizes to one token or to "" (punctuation, an article), exactly as ``support_tokens`` treats
     the same word inside a whole text, so the tokens of a text are its words' tokens.
     """
     norms, spans = _parsed(text)
@@ -112,7 +110,7 @@ def gold_spans(golds: list[str] | tuple[str, ...], passage: str) -> list[Span]:
     offsets = _parsed(passage)[1]
     spans: set[Span] = set()
     for g in golds:
-        toks = tuple(normalize_answer(g).split())
+        toks = tuple(support_tokens(g))
         n = len(toks)
         if not n or any(t not in present for t in toks):
             continue
