@@ -25,6 +25,9 @@ CHUNK_SCHEMA = pa.schema(
         ("page_start", pa.int32()),
         ("page_end", pa.int32()),
         ("row", pa.int64()),
+        # A chunk that crosses pages: the offsets in its text where pages page_start + 1 … page_end begin, so a
+        # citation can name the page of the span it cites (issue 24). Null otherwise, and in older stores.
+        ("page_breaks", pa.list_(pa.int32())),
     ]
 )
 

@@ -51,6 +51,7 @@ class Chunk:
     page_start: int | None = None  # PDF: the pages of char_start and char_end - 1 (a chunk may cross a break)
     page_end: int | None = None
     row: int | None = None  # CSV/TSV: the document's data row
+    page_breaks: list[int] | None = None  # offsets in ``text`` where pages page_start + 1 … page_end begin
 
 
 def content_budget(tokenizer: Any, max_length: int, passage_prefix: str = "") -> int:
@@ -106,6 +107,8 @@ def chunk_document(
     chunks = chunk_text(doc.doc_id, doc.sha256, doc.text, tokenizer, settings, max_length, passage_prefix)
     for c in chunks:
         c.page_start, c.page_end = doc.page_at(c.char_start), doc.page_at(max(c.char_start, c.char_end - 1))
+        if c.page_start is not None and c.page_end is not None and c.page_end > c.page_start:
+            c.page_breaks = [doc.page_offsets[p - 1] - c.char_start for p in range(c.page_start + 1, c.page_end + 1)]
         c.row = doc.row
     return chunks
 

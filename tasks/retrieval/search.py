@@ -53,6 +53,7 @@ class SearchResult:
     spans: list[tuple[int, int]] = field(default_factory=list)
     pages: list[tuple[int | None, int | None]] = field(default_factory=list)  # (page_start, page_end) of each hit
     generation: int | None = None  # the store generation searched: the one the hits are evidence from
+    page_breaks: list[list[int] | None] = field(default_factory=list)  # each hit's (tasks/ingest/chunk.py)
 
 
 def search(
@@ -135,7 +136,7 @@ def _head_first(head: Hits, ranking: Hits) -> Hits:
 def _results(index: LoadedGeneration, queries: list[str], hits: Hits) -> list[SearchResult]:
     ids, docs, texts = index.chunks["chunk_id"], index.chunks["doc_id"], index.chunks["text"]
     starts, ends = index.chunks["char_start"], index.chunks["char_end"]
-    p0, p1 = index.chunks["page_start"], index.chunks["page_end"]
+    p0, p1, breaks = index.chunks["page_start"], index.chunks["page_end"], index.chunks["page_breaks"]
     results = []
     for qi, query in enumerate(queries):
         keep = [(r, s) for r, s in zip(hits.rows[qi].tolist(), hits.scores[qi].tolist(), strict=True) if r >= 0]
@@ -150,6 +151,7 @@ def _results(index: LoadedGeneration, queries: list[str], hits: Hits) -> list[Se
                 spans=list(zip(pc.take(starts, rows).to_pylist(), pc.take(ends, rows).to_pylist(), strict=True)),
                 pages=list(zip(pc.take(p0, rows).to_pylist(), pc.take(p1, rows).to_pylist(), strict=True)),
                 generation=index.generation,
+                page_breaks=pc.take(breaks, rows).to_pylist(),
             )
         )
     return results
