@@ -107,7 +107,10 @@ def print_card(console: Console, card: dict[str, Any], chunks: list[list[str]], 
         head = Text.assemble((f"[{p['r']}] ", "bold"), terminal_text(doc), page,
                              f" · cosine {cosine} · {retriever} rank {p['r']} (score {score}) · support {p['sup']:.2f}")
         if p.get("cite"):
-            head.append(" cited", "bold blue")
+            cpg = p.get("cpg")
+            at = "" if not cpg else f" pp. {cpg[0]}–{cpg[1]}" if cpg[1] not in (None, cpg[0]) else f" p. {cpg[0]}"
+            head.append(" cited, does not hold the answer" if p.get("uns") else " cited" + at,
+                        "bold red" if p.get("uns") else "bold blue")
         say(head, soft_wrap=True)
         say(marked(passage, {"support": p["hs"], "gold": p["hg"]}), soft_wrap=True)
     if len(card["p"]) > passages:

@@ -108,7 +108,8 @@ def test_result_row_matches_its_schema():
     from storage.runs.results import RESULT_SCHEMA, ResultRow, results_table
 
     assert [f.name for f in dataclasses.fields(ResultRow)] == RESULT_SCHEMA.names
-    cite = {"passage": 1, "chunk_id": "a#0", "doc_id": "a", "page_start": 2, "page_end": 3, "inferred": True}
+    cite = {"passage": 1, "chunk_id": "a#0", "doc_id": "a", "page_start": 2, "page_end": 3, "inferred": True,
+            "supported": True}
     row = ResultRow(question_id="q", question="?", source="f.jsonl", gold_answers=["x"], chunk_ids=["a#0"],
                     doc_ids=["a"], scores=[0.5], dense_scores=[0.25], chunk_texts=["t"], page_starts=[2],
                     page_ends=[3], citations=[cite], no_rag_answer="n", rag_answer="r", rag_raw="r [1]",

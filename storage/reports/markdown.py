@@ -23,11 +23,12 @@ def where(doc_id: str, page_start: int | None, page_end: int | None) -> str:
 
 
 def cited_where(cites: list[dict[str, Any]] | None, limit: int = 3) -> str:
-    """The cited documents and pages for a table cell, e.g. ``[2] report.pdf p. 4`` (``~`` marks inferred)."""
+    """The cited documents and pages for a table cell, e.g. ``[2] report.pdf p. 4`` (``~`` marks inferred; a mark
+    of the model's on a passage that does not hold the answer ends "(unsupported)")."""
     if not cites:
         return ""
-    parts = [("~" if c["inferred"] else "") + f"[{c['passage']}] " + where(c["doc_id"], c["page_start"],
-                                                                              c["page_end"]) for c in cites[:limit]]
+    parts = [("~" if c["inferred"] else "") + f"[{c['passage']}] " + where(c["doc_id"], c["page_start"], c["page_end"])
+             + (" (unsupported)" if c.get("supported") is False else "") for c in cites[:limit]]
     return "; ".join(parts) + (f" (+{len(cites) - limit})" if len(cites) > limit else "")
 
 

@@ -33,7 +33,8 @@ RESULT_SCHEMA = pa.schema(
         ("page_ends", pa.list_(pa.int32())),
         ("citations", pa.list_(pa.struct([("passage", pa.int32()), ("chunk_id", pa.string()),
                                           ("doc_id", pa.string()), ("page_start", pa.int32()),
-                                          ("page_end", pa.int32()), ("inferred", pa.bool_())]))),
+                                          ("page_end", pa.int32()), ("inferred", pa.bool_()),
+                                          ("supported", pa.bool_())]))),
         ("no_rag_answer", pa.string()),
         ("rag_answer", pa.string()),  # the final answer (snapped to a passage span when the run snaps)
         ("rag_raw", pa.string()),  # what the generator said, before snapping
@@ -68,7 +69,7 @@ class ResultRow:
     chunk_texts: list[str]
     page_starts: list[int | None]
     page_ends: list[int | None]
-    citations: list[dict[str, Any]]  # passage, chunk_id, doc_id, page_start/end, inferred (generation/cite.py)
+    citations: list[dict[str, Any]]  # passage, chunk_id, doc_id, page_start/end, inferred, supported (cite.py)
     no_rag_answer: str
     rag_answer: str
     rag_raw: str

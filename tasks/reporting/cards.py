@@ -59,21 +59,26 @@ def _pages(row: dict[str, Any], j: int) -> list[int | None] | None:
     return [starts[j], end]
 
 
-def _cited(row: dict[str, Any]) -> dict[int, bool]:
-    """1-based passage rank → inferred? for every passage the answer cites (issue 12's ``citations`` column)."""
-    out: dict[int, bool] = {}
-    for c in row.get("citations") or []:
-        if c and c.get("passage") is not None:
-            out[int(c["passage"])] = out.get(int(c["passage"]), True) and bool(c.get("inferred"))
-    return out
+def _cited_pages(cite: dict[str, Any] | None) -> list[int | None] | None:
+    """The pages of the span a passage is cited for (issue 24), when it is cited and has pages."""
+    if cite and cite.get("page_start") is not None:
+        return [cite["page_start"], cite.get("page_end")]
+    return None
+
+
+def _cited(row: dict[str, Any]) -> dict[int, dict[str, Any]]:
+    """1-based passage rank → its citation (issue 12's ``citations`` column) for every passage the answer cites."""
+    return {int(c["passage"]): c for c in row.get("citations") or [] if c and c.get("passage") is not None}
 
 
 def build_card(row: dict[str, Any], chunks: ChunkTable, label: dict[str, Any] | None = None) -> dict[str, Any]:
     """One question's card: both answers, their diff, the passages with support and gold spans, and labels.
 
     Passage keys: ``c`` chunk index, ``id`` chunk id, ``r`` rank, ``s`` retriever score, ``d`` dense cosine,
-    ``pg`` [page start, end], ``cite`` cited (``inf`` when the citation was inferred), ``sup`` support of the RAG
-    answer by this passage, ``hs``/``hg`` support/gold spans as [start, end) offsets into the text.
+    ``pg`` [page start, end] of the chunk, ``cpg`` those of the span it is cited for, ``cite`` cited (``inf`` when
+    the citation was inferred, ``uns`` when the model's mark points at a passage that does not hold the answer),
+    ``sup`` support of the RAG answer by this passage, ``hs``/``hg`` support/gold spans as [start, end) offsets
+    into the text.
     """
     golds = list(row.get("gold_answers") or [])
     a0, a1 = row.get("no_rag_answer") or "", row.get("rag_answer") or ""
@@ -90,7 +95,9 @@ def build_card(row: dict[str, Any], chunks: ChunkTable, label: dict[str, Any] | 
         p = {"c": chunks.add(cid, doc, text), "id": cid, "r": j + 1,
              "s": _num(scores[j]) if j < len(scores) else None,
              "d": _num(dense[j]) if dense is not None and j < len(dense) else None,
-             "pg": _pages(row, j), "cite": j + 1 in cited, "inf": cited.get(j + 1, False),
+             "pg": _pages(row, j), "cpg": _cited_pages(cited.get(j + 1)), "cite": j + 1 in cited,
+             "inf": bool(cited.get(j + 1, {}).get("inferred")),
+             "uns": cited.get(j + 1, {}).get("supported") is False,
              "sup": round(support_in(claims, toks), 3), "hs": support_spans(a1, text),
              "hg": gold_spans(golds, text)}
         passages.append(p)
