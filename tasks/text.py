@@ -93,13 +93,15 @@ def support(answer: str, context: str) -> float:
 def claims(answer: str, question: str = "") -> list[tuple[str, ...]]:
     """The phrases an answer must be found as, in order: its runs of content words, cut at stopwords and at the
     question's own words (an answer that restates the question, "Llama 3 was trained on 15 trillion tokens", claims
-    only "15 trillion"). An answer made only of the question's words claims its content words, cut at stopwords."""
+    "3" and "15 trillion"). A number is always claimed, even when the question has it: "3 billion" asked of
+    "Ministral 3" must not be held by a passage saying "8 billion". An answer made only of the question's words
+    claims its content words, cut at stopwords."""
     asked = set(support_tokens(question))
     for skip in (asked, set()):
         runs: list[tuple[str, ...]] = []
         run: list[str] = []
         for t in support_tokens(answer):
-            if t in STOPWORDS or t in skip:
+            if t in STOPWORDS or (t in skip and not any(ch.isdigit() for ch in t)):
                 if run:
                     runs.append(tuple(run))
                 run = []

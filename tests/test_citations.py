@@ -72,10 +72,15 @@ def test_the_old_rule_cited_the_distractors_the_new_one_does_not():
     assert normalize_word("1.5") == "1.5" and normalize_word("4,096") == normalize_word("4096") == "4096"
     assert normalize_answer("1.5") == "15", "EM and F1 keep SQuAD's own rule"
     assert support("15 trillion", CORPUS["gpt2.txt"]) == 0.0
-    # An answer that restates the question claims only its new words.
+    # An answer that restates the question claims its new words and its numbers ("3" of "Llama 3" too).
     span = holding_spans("Llama 3 was trained on 15 trillion tokens", CORPUS["llama-3-8b.txt"],
                          "How many tokens was Llama 3 trained on?")
-    assert span is not None and [CORPUS["llama-3-8b.txt"][a:b] for a, b in span] == ["15 trillion"]
+    assert span is not None and [CORPUS["llama-3-8b.txt"][a:b] for a, b in span] == ["3", "15 trillion"]
+    # A number the question also has is still claimed (found by benchmarks/citations.py on the generated sample).
+    asked = "How many parameters does Ministral 3 (3B 2512) have?"
+    assert holding_spans("3 billion", "Ministral 3 (8B 2512) was created by Mistral AI. It has 8 billion "
+                                      "parameters.", asked) is None
+    assert holding_spans("3 billion", "Ministral 3 (3B 2512) has 3 billion parameters.", asked) is not None
 
 
 PDF_PAGES = [
