@@ -199,16 +199,18 @@ def refresh(
     store: Annotated[str | None, typer.Option("--store", "-s", help=STORE_HELP + " (default: the run's)")] = None,
     wait: Annotated[float, typer.Option(help="Seconds to wait when another run is writing RESULTS")] = 0.0,
     no_cache: NoCache = False,
+    batch_questions: Annotated[int | None, typer.Option(help="Questions per batch (a killed refresh resumes after "
+                                                        "the last finished one); default: at least 1024")] = None,
 ) -> None:
     """Bring RESULTS up to the store's current generation: retrieve again, re-generate only the answers whose
     inputs changed, keep the previous table in RESULTS.parquet.revisions/, and say what changed."""
-    check_numbers(wait=(wait, 0, None))
+    check_numbers(wait=(wait, 0, None), batch_questions=(batch_questions or 1, 1, None))
     if not results.expanduser().is_file():
         fail(typer.BadParameter(f"{results}: no such result table"))
     from flows.refresh import run_refresh
 
     try:
-        r = run_refresh(results, store, use_cache=not no_cache, lock_wait_s=wait)
+        r = run_refresh(results, store, use_cache=not no_cache, lock_wait_s=wait, batch_questions=batch_questions)
     except Exception as exc:  # noqa: BLE001
         fail(exc)
     if r.questions_from_table:

@@ -146,13 +146,13 @@ def test_a_killed_refresh_keeps_the_previous_table_at_every_point_and_the_rerun_
         before = pl.read_parquet(out)
         (docs / doc).write_text(text)
         run_index(docs, store)
-        killed = run_cli("refresh", str(out), env=dict(api_env, **{KILL_ENV: point}))
+        killed = run_cli("refresh", str(out), "--batch-questions", "1", env=dict(api_env, **{KILL_ENV: point}))
         assert killed.returncode == -signal.SIGKILL, (point, killed.stderr[-2000:])
         kept = revisions(out)
         assert len(kept) == n and pl.read_parquet(kept[-1]).equals(before), point
         if point != "after-refreshed-table:1":
             assert pl.read_parquet(out).equals(before), f"{point}: the previous table is intact"
-        done = run_cli("refresh", str(out), env=dict(api_env, COLUMNS="250"))
+        done = run_cli("refresh", str(out), "--batch-questions", "1", env=dict(api_env, COLUMNS="250"))
         assert done.returncode == 0, (point, done.stdout[-2000:] + done.stderr[-2000:])
         assert len(revisions(out)) == n, f"{point}: the re-run kept no second revision of the same table"
         changes = pl.read_parquet(out.with_name("results.changes.parquet")).to_dicts()
