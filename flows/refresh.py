@@ -28,7 +28,7 @@ from storage.reports.html import changes_report_path, write_changes_report
 from storage.runs.answer_cache import AnswerCache
 from storage.runs.results import config_path, read_results
 from storage.runs.revisions import finish_revision, pending_revision, start_revision, write_changes
-from storage.store import open_store
+from storage.store import EmbedderMismatchError, StoreError, open_store
 from storage.store.lock import output_lock
 from tasks.config import RetrievalConfig, load_run_config, with_changes
 from tasks.reporting.changes import FILTERS, Change, Manifest, change_view, compare_tables, summarize_changes
@@ -76,6 +76,8 @@ def refresh_flow(results: str, store: str | None = None, use_cache: bool = True,
         base = pending or path  # a killed refresh's revision is the table as it was before that refresh
         saved = load_run_config(config_path(base))
         old_rows = read_results(base).to_pylist()
+        store = store or saved["store"]
+        _check_store(path, saved, old_rows, store)
         report = RefreshReport(out=str(path))
         questions = _question_files(saved, old_rows, path, report)
         report.seeded, report.unknown_evidence = _seed_cache(old_rows)
@@ -91,7 +93,6 @@ def refresh_flow(results: str, store: str | None = None, use_cache: bool = True,
         gs = saved["generation"]
         retrieval_changes = {k: v for k, v in changes.items() if hasattr(rc, k)}
         generation_changes = {k: v for k, v in changes.items() if hasattr(gs, k)}
-        store = store or saved["store"]
         ans = answer_flow(questions, store, str(path), with_changes(rc, **retrieval_changes),
                           with_changes(gs, **generation_changes),
                           batch_questions=batch_questions or max(int(saved.get("batch_questions") or 64),
@@ -115,6 +116,22 @@ def refresh_flow(results: str, store: str | None = None, use_cache: bool = True,
     logger.info("refresh %s: %s; %d answers generated, %d from the cache; previous table kept as %s",
                 path, report.summary, 2 * ans.questions - ans.from_cache, ans.from_cache, report.revision)
     return report
+
+
+def _check_store(path: Path, saved: dict[str, Any], rows: list[dict[str, Any]], store: str) -> None:
+    """Refuse a store the table was not answered from: one built by another embedder, or one behind the generation
+    the table was answered at (a store's generations only grow), naming both."""
+    s = open_store(store)
+    fingerprint = saved.get("embedder") or {}
+    if fingerprint.get("id"):
+        try:
+            s.check_embedder(fingerprint)
+        except EmbedderMismatchError as exc:
+            raise EmbedderMismatchError(f"{path} was answered with another embedder than this store's: {exc}") from None
+    answered, now = _generation(rows), s.meta().generation
+    if answered is not None and now < answered:
+        raise StoreError(f"{path} was answered at generation {answered} of store {saved.get('store')}, but store "
+                         f"{store} is at generation {now}: not the store it was answered from (or a copy of it)")
 
 
 def _question_files(saved: dict[str, Any], old_rows: list[dict[str, Any]], path: Path,

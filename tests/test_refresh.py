@@ -196,3 +196,40 @@ def test_a_second_refresh_of_the_same_table_is_refused_naming_the_first_or_waits
     assert waiting.returncode == 0, stdout[-2000:] + stderr[-2000:]
     changes = pl.read_parquet(out.with_name("results.changes.parquet")).to_dicts()
     assert [c["documents"] for c in changes if c["question_id"] == "paris"] == [["changed: paris.txt"]]
+
+
+def test_an_older_table_is_answered_once_and_a_store_of_another_embedder_is_refused(prefect_harness, tmp_path,
+                                                                                  minilm):
+    """A table written before the evidence columns: its rows are answered again, once, and the refresh says so.
+    A store built by another embedder (the same weights, CLS pooling) is refused, naming both embedders."""
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    from flows.index import run_index
+    from flows.refresh import run_refresh
+    from storage.runs.answer_cache import AnswerCache
+    from storage.store import EmbedderMismatchError
+
+    docs, store, out = _answered(tmp_path)
+    evidence = ("store_generation", "chunk_hashes", "no_rag_key", "rag_key")
+    table = pq.read_table(out)
+    pq.write_table(table.drop_columns(list(evidence)), out)  # as tables were written before issue 21
+    AnswerCache().prune(max_entries=0)  # as on a machine that never answered them: nothing to read them back from
+    first = run_refresh(out)
+    assert first.unknown_evidence == len(QUESTIONS) and first.answer.from_cache == 0, "all answered again"
+    assert all(pl.read_parquet(out)[c].null_count() == 0 for c in evidence)
+    again = run_refresh(out)
+    assert again.unknown_evidence == 0 and again.answer.from_cache == 2 * len(QUESTIONS), "answered once"
+
+    other = tmp_path / "minilm-cls"
+    shutil.copytree(minilm.path, other)
+    pool = other / "1_Pooling" / "config.json"
+    pool.write_text(json.dumps(json.loads(pool.read_text()) | {"pooling_mode_mean_tokens": False,
+                                                               "pooling_mode_cls_token": True}))
+    run_index(docs, tmp_path / "cls-store", embedder=str(other))
+    before = pl.read_parquet(out)
+    with pytest.raises(EmbedderMismatchError, match=r"answered with another embedder") as refused:
+        run_refresh(out, store=str(tmp_path / "cls-store"))
+    assert "'all-MiniLM-L6-v2'" in str(refused.value) and "minilm-cls'" in str(refused.value), str(refused.value)
+    assert pl.read_parquet(out).equals(before), "nothing was written"
