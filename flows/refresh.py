@@ -27,7 +27,7 @@ from storage.hooks import crash_point
 from storage.reports.html import changes_report_path, write_changes_report
 from storage.runs.answer_cache import AnswerCache
 from storage.runs.results import config_path, read_results
-from storage.runs.revisions import finish_revision, pending_revision, start_revision, write_changes
+from storage.runs.revisions import changes_table_path, finish_revision, pending_revision, start_revision, write_changes
 from storage.store import EmbedderMismatchError, StoreError, open_store
 from storage.store.lock import output_lock
 from tasks.config import RetrievalConfig, load_run_config, with_changes
@@ -104,7 +104,7 @@ def refresh_flow(results: str, store: str | None = None, use_cache: bool = True,
         report.answer, report.changes = ans, compare_tables(old_rows, new_rows, manifest)
         report.summary = summarize_changes(report.changes)
         records = [c.to_record() for c in report.changes]
-        changes_path = path.with_name(path.stem + ".changes.parquet")
+        changes_path = changes_table_path(path)
         write_changes(changes_path, records)
         report.changes_table = str(changes_path)
         report.changes_report = _write_page(path, records, report.summary)

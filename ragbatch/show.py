@@ -201,7 +201,10 @@ def print_changes(console: Console, err: Console, results: Path) -> None:
     left and entered, and both RAG answers; unchanged questions are counted, not listed."""
     import pyarrow.parquet as pq
 
-    path = results.with_name(results.stem + ".changes.parquet")
+    from storage.runs.revisions import changes_table_path
+    from tasks.reporting.changes import listed
+
+    path = changes_table_path(results)
     if not path.is_file():
         err.print(f"[bold red]error:[/] {safe(path)}: no change table (run `ragbatch refresh {safe(results)}` first)",
                   soft_wrap=True)
@@ -212,7 +215,7 @@ def print_changes(console: Console, err: Console, results: Path) -> None:
                     ("passages left", {"ratio": 2}), ("passages entered", {"ratio": 2}), ("before", {"ratio": 2}),
                     ("after", {"ratio": 2}), ("verdict", {})):
         t.add_column(col, **kw)
-    shown = [r for r in rows if r["status"] != "same" or r["answer_changed"]]
+    shown = [r for r in rows if listed(r)]
     for r in shown:
         verdict = (f"{r.get('old_verdict')} → {r.get('new_verdict')}" if r.get("verdict_changed")
                    else r.get("new_verdict") or "")

@@ -43,7 +43,7 @@ def _number(m: re.Match[str]) -> str:
         groups = s.split(",")
         if all(len(g) == 3 for g in groups[1:]):
             return "".join(groups)  # thousands
-        return _POINT.join(groups)  # a decimal comma (or a list without spaces: kept apart, never glued)
+        return _POINT.join(groups)  # a decimal comma ("1,2,3", a list without spaces, becomes "1.2.3": not glued)
     return s.replace(".", _POINT)
 
 

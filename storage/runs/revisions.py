@@ -35,6 +35,11 @@ def keep_revision(results: Path, generation: int | None) -> Path:
     return target
 
 
+def changes_table_path(results: Path) -> Path:
+    """``RESULTS.changes.parquet``: what the last refresh of ``results`` changed."""
+    return results.with_name(results.stem + ".changes.parquet")
+
+
 def pending_path(results: Path) -> Path:
     return results.with_name(results.stem + ".refresh.json")
 

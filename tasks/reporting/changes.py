@@ -111,7 +111,8 @@ def summarize_changes(changes: list[Change]) -> dict[str, int]:
     kept = [c for c in changes if c.status != "removed"]
     s["regenerated"] = sum(c.regenerated for c in kept)
     s["answers_changed"] = sum(c.answer_changed for c in kept)
-    s["evidence_changed_answer_same"] = sum(c.status == "evidence" and not c.answer_changed for c in changes)
+    s["evidence_changed_answer_same"] = sum(FILTERS["evidence changed, answer the same"](c.to_record())
+                                            for c in changes)
     s["verdicts_changed"] = sum(c.verdict_changed for c in kept)
     for c in kept:
         if c.verdict_changed:
@@ -125,7 +126,12 @@ def change_view(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     diff of its old and new RAG answer and the names of the filters it passes (``FILTERS``)."""
     return [dict(c, diff=word_diff(c["old_rag_answer"] or "", c["new_rag_answer"] or ""),
                  filters=[name for name, keep in FILTERS.items() if keep(c)])
-            for c in records if c["status"] != "same" or c["answer_changed"]]
+            for c in records if listed(c)]
+
+
+def listed(record: dict[str, Any]) -> bool:
+    """Whether a change record is shown (page, ``show --changes``): every question but the unchanged ones."""
+    return record["status"] != "same" or record["answer_changed"]
 
 
 def _verdict(row: dict[str, Any]) -> str | None:
