@@ -103,7 +103,8 @@ def test_ties_inside_and_at_the_cut_off_take_the_lowest_rows_in_any_tiling(monke
     q = torch.randint(-2, 3, (40, 8), generator=g).float()
     ref = torch.sort(q @ x.T, dim=1, descending=True, stable=True)
     for tile_scores in (tasks.retrieval.backends.dense.CPU_TILE_SCORES, 40 * 32, 40 * 7):
-        monkeypatch.setattr(tasks.retrieval.backends.dense, "CPU_TILE_SCORES", tile_scores)
+        monkeypatch.setattr(tasks.retrieval.backends.dense, "CPU_TILE_SCORES", tile_scores)  # int8 / half path
+        monkeypatch.setattr(tasks.retrieval.backends.dense, "TILE_SCORES", tile_scores)  # rescored float32 path
         for sizes in ([300], [100, 7, 193], [1] * 10 + [290]):
             for k in (1, 10, 300, 400):
                 hits = _index(x, sizes).search(q, k, query_batch=16)

@@ -21,7 +21,8 @@ from tasks.config import MATRIX_DTYPES
 from tasks.device import default_device
 from tasks.indexing.embed import EmbedderConfig, resolve_embedder
 from tasks.retrieval.backends.base import Hits
-from tasks.retrieval.backends.dense import ExactDense
+from tasks.retrieval.backends.dense import ExactDense, ScoringCopy
+from tasks.retrieval.backends.kernels import SIZE_CLASSES, choose_kernel
 
 PACK_ROWS = 1 << 20  # most rows per matrix: one allocation stays bounded, and a small index is one matmul
 
@@ -40,6 +41,7 @@ class LoadedGeneration:
     scales: list[torch.Tensor | None] = field(default_factory=list)
     _bm25: object = None
     _ann: object = None
+    _scoring: ScoringCopy | None = None
 
     def __post_init__(self) -> None:
         self.scales = self.scales or [None] * len(self.shards)  # None: a float matrix
@@ -50,8 +52,14 @@ class LoadedGeneration:
 
     @property
     def dense(self) -> ExactDense:
-        """The exact backend over the matrices as they are now (cheap: it holds references)."""
-        return ExactDense(self.shards, self.scales, self.offsets)
+        """The exact backend over the matrices as they are now (cheap: it holds references). Float32 matrices
+        are scored by the kernel measured fastest here and rescored exactly (tasks/retrieval/backends/kernels.py);
+        its copy of the matrices (bfloat16: half their size) is made on first use and kept."""
+        float32 = bool(self.shards) and self.shards[0].dtype == torch.float32 and self.scales[0] is None
+        if float32 and self._scoring is None and self.rows:
+            kernel = choose_kernel(str(self.shards[0].device), self.shards[0][: SIZE_CLASSES[-1]])
+            self._scoring = ScoringCopy(kernel, self.shards)
+        return ExactDense(self.shards, self.scales, self.offsets, self._scoring if float32 else None)
 
     def search(self, queries: torch.Tensor, k: int, query_batch: int | None = None) -> Hits:
         """Exact top-k by inner product (cosine, rows being unit vectors); ties by lowest row."""

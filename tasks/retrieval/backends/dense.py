@@ -1,5 +1,11 @@
 """Exact dense search: every live row scored by a matmul, the top k kept exactly, ties broken by lowest row.
 
+A float32 matrix is scored by the kernel measured fastest on this machine (tasks/retrieval/backends/kernels.py),
+bfloat16 ones included, and the rows near each query's cut-off are rescored exactly
+(tasks/retrieval/backends/rescore.py), so every kernel gives the same result. A matrix held in float16,
+bfloat16 or int8 (``--matrix-dtype``, to save memory) has no float32 rows to rescore from: it is searched as
+it is, by the per-tile ``topk`` below.
+
 The rows are held in a few large matrices (tasks/retrieval/loaded_index.py packs the store's shards into them at
 load), so a
 small index is one matmul and one ``topk`` per query batch; a large one is scored in tiles of rows whose score
@@ -12,10 +18,22 @@ rows scoring at least the k-th) runs only for queries that do tie; with one tile
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from tasks.retrieval.backends.base import Hits, QueryKind, empty_hits
+from tasks.retrieval.backends.rescore import (
+    KERNELS,
+    TILE_SCORES,
+    Candidates,
+    Kernel,
+    RowNorms,
+    error_bound,
+    rank,
+    select_tile,
+)
+from tasks.retrieval.backends.rescore import (
+    threshold as threshold_for,
+)
 
 # Most scores held at once per tile (query batch x tile rows). Measured on 2 Zen 4 cores (benchmarks/RESULTS.md):
 # 16M float32 scores (64 MiB) beat 1M and 4M (more, smaller calls) and 64M (page faults of a fresh block).
@@ -24,17 +42,31 @@ GPU_TILE_SCORES = 1 << 28  # a GPU wants few, large launches
 INT8_TILE_ROWS = 65536  # int8 rows are dequantized at most this many at a time, so the float copy stays small
 
 
+class ScoringCopy:
+    """The float32 matrices as one kernel multiplies them (the same tensors for a float32 kernel), and the row
+    norms its error bound needs (for the kernel's copy and for the float32 rows the rescoring reads)."""
+
+    def __init__(self, kernel: Kernel, blocks: list[torch.Tensor]):
+        self.kernel = kernel
+        same = kernel.dtype == torch.float32
+        self.blocks = blocks if same else [b.to(kernel.dtype) for b in blocks]
+        self.norms = RowNorms.of(blocks, self.blocks)
+        self.fp32_norms = self.norms if same else RowNorms.of(blocks, blocks)
+
+
 class ExactDense:
     """Exact top-k by inner product (cosine: rows and queries are unit vectors) over row blocks.
 
     ``blocks[i]`` holds global rows ``offsets[i]:offsets[i] + len(blocks[i])``; ``scales[i]`` is the per-row
-    scale of an int8 block (None for a float block).
+    scale of an int8 block (None for a float block). ``scoring`` (float32 blocks only) scores with its kernel
+    and rescores exactly; without it the blocks are searched as they are held.
     """
 
     query_kind: QueryKind = "vector"
 
-    def __init__(self, blocks: list[torch.Tensor], scales: list[torch.Tensor | None], offsets: list[int]):
-        self.blocks, self.scales, self.offsets = blocks, scales, offsets
+    def __init__(self, blocks: list[torch.Tensor], scales: list[torch.Tensor | None], offsets: list[int],
+                 scoring: ScoringCopy | None = None):
+        self.blocks, self.scales, self.offsets, self.scoring = blocks, scales, offsets, scoring
 
     @property
     def rows(self) -> int:
@@ -51,17 +83,57 @@ class ExactDense:
         k = min(k, self.rows)
         if k == 0 or nq == 0:
             return empty_hits(nq)
+        gpu = self.blocks[0].device.type != "cpu"
         if query_batch is None:
-            gpu = self.blocks[0].device.type != "cpu"
-            query_batch = max(1024, (GPU_TILE_SCORES if gpu else CPU_TILE_SCORES) // self.rows)
+            tile = TILE_SCORES if self.scoring else (GPU_TILE_SCORES if gpu else CPU_TILE_SCORES)
+            query_batch = max(1024, tile // self.rows)
+        batch = self._rescored_batch if self.scoring else self._search_batch
         out_rows, out_scores = [], []
         for q0 in range(0, nq, query_batch):
-            rows, scores = self._search_batch(queries[q0 : q0 + query_batch], k)
+            rows, scores = batch(queries[q0 : q0 + query_batch], k)
             out_rows.append(rows)
             out_scores.append(scores)
         if len(out_rows) == 1:
             return Hits(out_rows[0], out_scores[0])
         return Hits(torch.cat(out_rows), torch.cat(out_scores))
+
+    def _rescored_batch(self, q: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Score every row with the kernel, keep the rows within its error bound of the cut-off, rank them
+        exactly (tasks/retrieval/backends/rescore.py)."""
+        assert self.scoring is not None
+        kernel, device = self.scoring.kernel, self.blocks[0].device
+        q32 = q.to(device, torch.float32)
+        qk = q32.to(kernel.dtype)
+        bound = error_bound(kernel, q32, qk, self.scoring.norms)
+        nq = q.shape[0]
+        # Tiles of a multiple of 256 rows: 4,194 rows took twice as long as 4,096 in bfloat16 on AMX.
+        tile = max(256, (GPU_TILE_SCORES if device.type != "cpu" else TILE_SCORES) // nq // 256 * 256)
+        cands = Candidates.empty(nq, k, device)
+        thr = torch.full((nq,), float("-inf"), dtype=torch.float64, device=device)
+        for block, off in zip(self.scoring.blocks, self.offsets, strict=True):
+            for t0 in range(0, block.shape[0], tile):
+                s = kernel.scores(qk, block[t0 : t0 + tile])
+                tile_thr = thr
+                if s.shape[1] >= k and bool(torch.isinf(thr).any()):  # a first bound from this tile alone
+                    first = threshold_for(bound, torch.topk(s, k, dim=1).values[:, -1].double())
+                    tile_thr = torch.maximum(tile_thr, first)
+                cands.add(*select_tile(s, tile_thr, off + t0))
+                thr = threshold_for(bound, cands.top[:, -1])
+        fp32 = None if kernel.dtype == torch.float32 else error_bound(KERNELS["float32"], q32, q32,
+                                                                      self.scoring.fp32_norms)
+        rows, scores = rank(cands, thr, q32, fp32, self._fetch)
+        return rows.cpu(), scores.cpu()
+
+    def _fetch(self, rows: torch.Tensor) -> torch.Tensor:
+        """The float32 rows with these global numbers."""
+        if len(self.blocks) == 1:
+            return self.blocks[0].index_select(0, rows)
+        out = torch.empty(rows.numel(), self.blocks[0].shape[1], dtype=torch.float32, device=rows.device)
+        for block, off in zip(self.blocks, self.offsets, strict=True):
+            m = (rows >= off) & (rows < off + block.shape[0])
+            if bool(m.any()):
+                out[m] = block[rows[m] - off]
+        return out
 
     def _search_batch(self, q: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         cand_s, cand_r = [], []
@@ -76,9 +148,9 @@ class ExactDense:
             for t0 in range(0, block.shape[0], tile):
                 rows = block[t0 : t0 + tile]
                 if scale is None:
-                    s = _scores(qb, rows)
+                    s = qb @ rows.T
                 else:  # int8 rows: score = (q . row_int8) x row scale
-                    s = _scores(qb, rows.to(qb.dtype)) * scale[t0 : t0 + tile]
+                    s = (qb @ rows.to(qb.dtype).T) * scale[t0 : t0 + tile]
                 vals, idx = top_k_lowest_row(s, k)
                 cand_s.append(vals.float().cpu())
                 cand_r.append(idx.cpu() + (off + t0))
@@ -89,15 +161,6 @@ class ExactDense:
         s_all, r_all = torch.cat(cand_s, 1), torch.cat(cand_r, 1)
         order = torch.sort(s_all, dim=1, descending=True, stable=True).indices[:, :k]
         return r_all.gather(1, order), s_all.gather(1, order)
-
-
-def _scores(q: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """``q @ rows.T``. A float32 CPU matmul goes through numpy's OpenBLAS (no copy either way): on AMD CPUs
-    torch's MKL sgemm is ~1.6x slower (184 vs 297 ms for 1,000 x 20,000 x 384 here), and FAISS uses OpenBLAS.
-    OpenBLAS follows ``OPENBLAS_NUM_THREADS``, which flows/runners.py sets beside ``OMP_NUM_THREADS``."""
-    if q.device.type == "cpu" and q.dtype == torch.float32 and rows.dtype == torch.float32:
-        return torch.from_numpy(np.matmul(q.numpy(), rows.numpy().T))
-    return q @ rows.T
 
 
 def top_k_lowest_row(s: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,274 @@
+"""Exact top-k from fast, rounded scores: every row scored by a fast kernel, then only the rows that the kernel's
+proven error bound cannot rule out are scored exactly, and the exact scores are ranked.
+
+Why: on a CPU with AMX or avx512_bf16 (and on a GPU) a bfloat16 matmul is several times faster than a float32
+one, and the score matrix it writes is half the bytes; but its scores are off by up to about 1% of
+``‖q‖‖x‖``, enough to swap near-tied rows. Rescoring the few rows near the cut-off makes the result exact, the
+way quantized ANN indexes are made exact, here applied to brute force.
+
+**The exact score** of row x for query q is their inner product computed from the float32 vectors in float64
+(each product of two float32 values is exact in float64, and the sum of d of them is within
+``γ_d(2^-53) ‖q‖‖x‖`` of the true value), rounded to float32. Rows are ranked by it, descending; equal
+scores take the lowest row first. Every kernel, float32 ones included, finishes with this one computation, so
+all give the same ids, order and scores, whatever the kernel, tiling, batch or CPU.
+
+**The bound** (:func:`error_bound`). A kernel rounds q and x to its format (``q̂``, ``x̂``; bfloat16: unit
+roundoff 2^-8, float16: 2^-11, float32 kernels use the vectors as they are), accumulates the d products in
+float32 (unit roundoff v = 2^-24) in any order, and stores the sum y in a format of unit roundoff w (bfloat16
+output: 2^-8; float32: w = 0). Since ``q·x − q̂·x̂ = (q − q̂)·x + q̂·(x − x̂)`` exactly, Cauchy–Schwarz gives
+
+    |q̂·x̂ − q·x|  ≤ ‖q − q̂‖ ‖x‖ + ‖q̂‖ ‖x − x̂‖
+    |y − q̂·x̂|    ≤ γ_d ‖q̂‖ ‖x̂‖,   γ_d = d·v / (1 − d·v)      (Higham, *Accuracy and Stability*, §3.1: any order)
+    |a − y|       ≤ w |y| ≤ w' |a|,  w' = w / (1 − w)
+
+so ``|a − q·x| ≤ E + w'|a|`` with ``E = ‖q − q̂‖ X + ‖q̂‖ ΔX + γ_d ‖q̂‖ X̂ + d·2^-126 (‖q‖ + X + 1)``, where X,
+X̂ and ΔX are the largest ‖x‖, ‖x̂‖ and ‖x − x̂‖ over the matrix's rows (measured once: :class:`RowNorms`), and the
+last term covers inputs and products flushed to zero below float32's normal range. The rounding residuals are
+measured rather than bounded by u‖q‖: for unit vectors of dimension 384 in bfloat16 that makes E about 0.0038
+instead of the 0.0079 of the textbook ``(2u + u²)‖q‖‖x‖``, and halves the rows to rescore. For float32 kernels E
+is ``γ_d ‖q‖ X`` ≈ 2.3e-5.
+
+**The candidates.** Let a_k be a query's k-th largest kernel score. ``a − w'|a|`` grows with a, so the k rows
+holding the k largest kernel scores have true scores ≥ ``a_k − w'|a_k| − E``, and so does the k-th largest
+true score. A row of the exact top k (after rounding to float32, which moves a score by half an ulp ≤
+2^-24‖q‖X, and float64's own error δ) has a true score ≥ that less ``M = (2^-23 + d·2^-52)‖q‖X``, and since
+its true score is ≤ ``a + w'|a| + E``, its kernel score satisfies ``a + w'|a| ≥ T = a_k − w'|a_k| − 2E − M``,
+that is ``a ≥ T / (1 + w')`` (``T / (1 − w')`` when T < 0): :func:`threshold`. Every row at or above it is
+rescored. Scanning tiles in order, a running k-th best of the candidates seen so far is never above the final
+a_k, and the threshold grows with a_k, so a threshold taken from it keeps every row the final one keeps.
+
+**Rescoring** a 16-bit kernel's candidates runs in two steps with the same argument: they are first scored in
+float32, as a sum of float32 products (E = γ_d‖q‖X, w = 0), and only those that bound cannot rule out are
+scored in float64. A float32 kernel's candidates go to float64 directly: its bound leaves as few.
+
+**Per tile** (:func:`select_tile`) each query's maximum is taken first; only queries whose maximum reaches
+their threshold are compared column by column, so most of the block is read once, in cache, by the cheapest
+reduction there is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+GROUP = 64  # columns reduced to one maximum before they are compared one by one (benchmarks/search.py)
+TILE_SCORES = 1 << 22  # scores per tile: 1,024 queries x 4,096 rows of bfloat16 (8 MiB) stays in cache
+RESCORE_CHUNK = 2048  # candidates rescored at once: few enough that their float64 copies (6 MB) reuse memory
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """A way of scoring all rows fast: the dtype of its copy of the matrix and its rounding."""
+
+    name: str  # "float32", "float32-numpy", "bfloat16" or "float16"
+    dtype: torch.dtype  # of the rows and queries it multiplies
+    output_unit: float  # w: unit roundoff of the result's format beyond float32 accumulation (0: float32 out)
+
+    def scores(self, q: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """``q @ rows.T`` in this kernel's arithmetic (``q`` and ``rows`` already in ``dtype``)."""
+        if self.name == "float32-numpy":  # numpy's OpenBLAS: faster than torch's MKL sgemm on some AMD CPUs
+            return torch.from_numpy(np.matmul(q.numpy(), rows.numpy().T))
+        return q @ rows.T
+
+
+KERNELS: dict[str, Kernel] = {
+    "float32": Kernel("float32", torch.float32, 0.0),
+    "float32-numpy": Kernel("float32-numpy", torch.float32, 0.0),
+    "bfloat16": Kernel("bfloat16", torch.bfloat16, 2.0**-8),
+    "float16": Kernel("float16", torch.float16, 2.0**-11),
+}
+
+
+@dataclass(frozen=True)
+class Bound:
+    """Per query, what :func:`threshold` needs: E, M and w' of the module docstring."""
+
+    additive: torch.Tensor  # E, float64 [nq]
+    margin: torch.Tensor  # M, float64 [nq]
+    relative: float  # w'
+
+
+def error_bound(kernel: Kernel, q: torch.Tensor, qk: torch.Tensor, norms: RowNorms) -> Bound:
+    """The bound on a kernel score of float32 queries ``q`` rounded to ``qk``, against rows with ``norms``."""
+    d = q.shape[1]
+    q64 = q.double()
+    qn, qkn = q64.norm(dim=1), qk.double().norm(dim=1)
+    dq = (q64 - qk.double()).norm(dim=1) * (1 + 1e-12)
+    gamma = d * 2.0**-24 / (1 - d * 2.0**-24)
+    e = dq * norms.x + qkn * norms.dx + gamma * qkn * norms.xk + d * 2.0**-126 * (qn + norms.x + 1)
+    m = qn * norms.x * (2.0**-23 + d * 2.0**-52) + 2.0**-149
+    w = kernel.output_unit
+    return Bound(e, m, w / (1 - w))
+
+
+def threshold(bound: Bound, a_k: torch.Tensor) -> torch.Tensor:
+    """The lowest kernel score a row of the exact top k can have, given the k-th best kernel score ``a_k``."""
+    w = bound.relative
+    t = (a_k - w * a_k.abs() if w else a_k) - 2 * bound.additive - bound.margin  # (0 x -inf is nan)
+    return torch.where(t >= 0, t / (1 + w), t / (1 - w))
+
+
+@dataclass(frozen=True)
+class RowNorms:
+    """The largest ‖x‖, ‖x̂‖ and ‖x − x̂‖ over a matrix's rows (x̂: the rows as a kernel holds them)."""
+
+    x: float
+    xk: float
+    dx: float
+
+    @classmethod
+    def of(cls, blocks: list[torch.Tensor], kernel_blocks: list[torch.Tensor]) -> RowNorms:
+        """Measured in float32, 64k rows at a time, and raised by float32's worst relative error in a norm of
+        d terms, (d + 2)·2^-23 (``x − x̂`` is exact in float32: x̂ keeps x's leading bits)."""
+        x = xk = dx = 0.0
+        for b, bk in zip(blocks, kernel_blocks, strict=True):
+            for r0 in range(0, b.shape[0], 1 << 16):
+                rows, rows_k = b[r0 : r0 + (1 << 16)], bk[r0 : r0 + (1 << 16)].float()
+                x = max(x, float(rows.norm(dim=1).max()))
+                xk = max(xk, float(rows_k.norm(dim=1).max()))
+                dx = max(dx, float((rows - rows_k).norm(dim=1).max()))
+        grow = 1 + (blocks[0].shape[1] + 2) * 2.0**-23 if blocks else 1.0
+        return cls(x * grow, xk * grow, dx * grow)
+
+
+def exact_scores(q64: torch.Tensor, qi: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Exact scores of float32 ``rows`` against queries ``q64[qi]`` (the float32 queries as float64): the
+    products are exact in float64, summed, rounded to float32. Elementwise, not a matmul, so a row's score does
+    not depend on which rows are scored with it."""
+    return rows.to(torch.float64).mul_(q64.index_select(0, qi)).sum(1).float()
+
+
+@dataclass
+class Candidates:
+    """Rows that may be in a query batch's top k, collected tile by tile in row order."""
+
+    nq: int
+    k: int
+    queries: list[torch.Tensor]
+    rows: list[torch.Tensor]
+    approx: list[torch.Tensor]
+    top: torch.Tensor  # [nq, k] the k largest kernel scores among the candidates so far (float64)
+
+    @classmethod
+    def empty(cls, nq: int, k: int, device: torch.device) -> Candidates:
+        return cls(nq, k, [], [], [], torch.full((nq, k), float("-inf"), dtype=torch.float64, device=device))
+
+    def add(self, qi: torch.Tensor, rows: torch.Tensor, approx: torch.Tensor) -> None:
+        """Candidates in (query, row) order; ``approx`` their kernel scores."""
+        if qi.numel() == 0:
+            return
+        self.queries.append(qi)
+        self.rows.append(rows)
+        self.approx.append(approx)
+        pad, _ = _by_query(qi, approx.double(), self.nq, float("-inf"))
+        self.top = torch.topk(torch.cat([self.top, pad], 1), self.k, dim=1).values
+
+
+def select_tile(s: torch.Tensor, threshold: torch.Tensor, col0: int) -> tuple[torch.Tensor, ...]:
+    """The (query, column + col0, kernel score) of every score in ``s`` at or above its query's threshold.
+
+    Each query's maximum over the tile is taken first (one contiguous reduction, the cheapest pass there is).
+    Only the queries whose maximum reaches their threshold (after the first tiles, about a tenth) are looked at
+    further: the maximum of each group of ``GROUP`` columns, then the columns of the groups that reach it.
+    """
+    qs = _reaching(_max(s), threshold).nonzero().flatten()
+    if qs.numel() == 0:
+        empty = torch.empty(0, dtype=torch.long, device=s.device)
+        return empty, empty, torch.empty(0, dtype=torch.float64, device=s.device)
+    sub, thr = (s[qs], threshold[qs]) if qs.numel() < s.shape[0] else (s, threshold)
+    p, t = sub.shape
+    main = t - t % GROUP
+    parts = []
+    if main:
+        grouped = sub[:, :main].reshape(p, main // GROUP, GROUP)
+        qi, gj = _reaching(_max(grouped), thr[:, None]).nonzero(as_tuple=True)
+        vals = grouped[qi, gj].float()  # [P, GROUP]
+        keep = vals >= _float32_at_most(thr)[qi][:, None]
+        cols = gj[:, None] * GROUP + torch.arange(GROUP, device=s.device)
+        parts.append((qi[:, None].expand_as(keep)[keep], cols[keep], vals[keep]))
+    if main < t:  # the tail columns, one by one
+        tail = sub[:, main:].float()
+        qi, cj = (tail >= _float32_at_most(thr)[:, None]).nonzero(as_tuple=True)
+        parts.append((qi, cj + main, tail[qi, cj]))
+    qi, cols, vals = (torch.cat(x) for x in zip(*parts, strict=True))
+    if len(parts) > 1:  # back to (query, column) order: the tail's columns follow the main part's
+        order = torch.sort(qi, stable=True).indices
+        qi, cols, vals = qi[order], cols[order], vals[order]
+    return qs[qi], cols + col0, vals.double()
+
+
+def _max(s: torch.Tensor) -> torch.Tensor:
+    """float64 maximum over the last dimension. A 16-bit float block is read as int16: twice as fast as a float
+    reduction, and exact where the maximum is ≥ 0 (where it is negative the result is ≤ 0: see
+    :func:`_reaching`)."""
+    if s.dtype in (torch.bfloat16, torch.float16):
+        return s.view(torch.int16).amax(-1).view(s.dtype).double()
+    return s.amax(-1).double()
+
+
+def _reaching(maxima: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
+    """Which maxima may hide a score ≥ threshold: those ≥ it, and any ≤ 0 while the threshold is not positive
+    (an int16-read maximum of negative scores is not their maximum)."""
+    return (maxima >= threshold) | ((maxima <= 0) & (threshold <= 0))
+
+
+def _float32_at_most(t: torch.Tensor) -> torch.Tensor:
+    """float64 thresholds rounded down to float32, so that comparing float32 scores keeps every score ≥ t."""
+    t32 = t.float()
+    return torch.where(t32.double() > t, torch.nextafter(t32, torch.full_like(t32, float("-inf"))), t32)
+
+
+def rank(cands: Candidates, kernel_threshold: torch.Tensor, q: torch.Tensor, fp32_bound: Bound | None,
+         fetch_rows) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rescore the candidates at or above ``kernel_threshold``: in float32 first (given ``fp32_bound``; None
+    for a float32 kernel, whose candidates are already as few), then those that float32's bound cannot rule out
+    in float64. Top k per query by (exact score desc, row asc).
+
+    ``fetch_rows(global_rows)`` returns those rows of the float32 matrix.
+    """
+    nq, k = cands.nq, cands.k
+    if not cands.queries:
+        return (torch.full((nq, k), -1, dtype=torch.long, device=q.device),
+                torch.full((nq, k), float("-inf"), device=q.device))
+    qi, rows, approx = torch.cat(cands.queries), torch.cat(cands.rows), torch.cat(cands.approx)
+    keep = approx >= kernel_threshold[qi]
+    qi, rows = qi[keep], rows[keep]
+    order = torch.sort(qi, stable=True).indices  # tiles come in row order, so rows stay ascending per query
+    qi, rows = qi[order], rows[order]
+    if fp32_bound is not None:
+        s32 = _chunked(lambda sl: fetch_rows(rows[sl]).mul_(q.index_select(0, qi[sl])).sum(1), qi.numel(),
+                       torch.float32, q.device)
+        pad, _ = _by_query(qi, s32.double(), nq, float("-inf"))
+        a_k = torch.topk(pad, min(k, pad.shape[1]), dim=1).values[:, -1]
+        keep = s32.double() >= threshold(fp32_bound, a_k)[qi]
+        qi, rows = qi[keep], rows[keep]
+    q64 = q.double()
+    exact = _chunked(lambda sl: exact_scores(q64, qi[sl], fetch_rows(rows[sl])), qi.numel(), torch.float32,
+                     q.device)
+    pad_s, pos = _by_query(qi, exact, nq, float("-inf"))
+    pad_r = torch.full_like(pad_s, -1, dtype=torch.long)
+    pad_r[qi, pos] = rows
+    if pad_s.shape[1] < k:  # cannot happen while k ≤ rows; kept so the shapes always hold
+        pad_s = torch.cat([pad_s, pad_s.new_full((nq, k - pad_s.shape[1]), float("-inf"))], 1)
+        pad_r = torch.cat([pad_r, pad_r.new_full((nq, k - pad_r.shape[1]), -1)], 1)
+    best = torch.sort(pad_s, dim=1, descending=True, stable=True).indices[:, :k]
+    return pad_r.gather(1, best), pad_s.gather(1, best)
+
+
+def _chunked(fn, n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    out = torch.empty(n, dtype=dtype, device=device)
+    for c0 in range(0, n, RESCORE_CHUNK):
+        out[c0 : c0 + RESCORE_CHUNK] = fn(slice(c0, c0 + RESCORE_CHUNK))
+    return out
+
+
+def _by_query(qi: torch.Tensor, values: torch.Tensor, nq: int, fill: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Values laid out one query per row, in their order (``qi`` sorted), padded with ``fill``; and positions."""
+    counts = torch.bincount(qi, minlength=nq)
+    starts = torch.cumsum(counts, 0) - counts
+    pos = torch.arange(qi.numel(), device=qi.device) - starts[qi]
+    pad = torch.full((nq, max(int(counts.max()), 1)), fill, dtype=values.dtype, device=values.device)
+    pad[qi, pos] = values
+    return pad, pos
