@@ -29,6 +29,7 @@ from tasks.retrieval.backends.rescore import (
     RowNorms,
     error_bound,
     rank,
+    select_first,
     select_tile,
 )
 from tasks.retrieval.backends.rescore import (
@@ -113,11 +114,10 @@ class ExactDense:
         for block, off in zip(self.scoring.blocks, self.offsets, strict=True):
             for t0 in range(0, block.shape[0], tile):
                 s = kernel.scores(qk, block[t0 : t0 + tile])
-                tile_thr = thr
-                if s.shape[1] >= k and bool(torch.isinf(thr).any()):  # a first bound from this tile alone
-                    first = threshold_for(bound, torch.topk(s, k, dim=1).values[:, -1].double())
-                    tile_thr = torch.maximum(tile_thr, first)
-                cands.add(*select_tile(s, tile_thr, off + t0))
+                if s.shape[1] >= k and bool(torch.isinf(thr).any()):  # no threshold yet: this tile sets one
+                    cands.add(*select_first(s, k, thr, bound, off + t0)[:3])
+                else:
+                    cands.add(*select_tile(s, thr, off + t0))
                 thr = threshold_for(bound, cands.top[:, -1])
         fp32 = None if kernel.dtype == torch.float32 else error_bound(KERNELS["float32"], q32, q32,
                                                                       self.scoring.fp32_norms)

@@ -199,6 +199,29 @@ def select_tile(s: torch.Tensor, threshold: torch.Tensor, col0: int) -> tuple[to
     return qs[qi], cols + col0, vals.double()
 
 
+def select_first(s: torch.Tensor, k: int, lower: torch.Tensor, bound: Bound, col0: int) -> tuple[torch.Tensor, ...]:
+    """:func:`select_tile` for a tile that sets the first threshold: its own k-th best score gives one (never
+    above the final one: the tile's rows are some of all rows). The candidates come from the tile's ``4k + 16``
+    best, which hold them all unless the last of those still reaches the threshold; only such queries are
+    searched column by column. Returns the candidates and the threshold used."""
+    width = min(s.shape[1], 4 * k + 16)
+    vals, idx = torch.topk(s, width, dim=1)
+    vals = vals.double()
+    thr = torch.maximum(lower, threshold(bound, vals[:, k - 1]))
+    keep = vals >= thr[:, None]
+    over = keep[:, -1] if width < s.shape[1] else torch.zeros_like(keep[:, -1])
+    keep &= ~over[:, None]
+    qi, j = keep.nonzero(as_tuple=True)
+    qi, cols, approx = qi, idx[qi, j] + col0, vals[qi, j]
+    if bool(over.any()):
+        oq = over.nonzero().flatten()
+        q2, c2, v2 = select_tile(s[oq], thr[oq], col0)
+        qi, cols, approx = torch.cat([qi, oq[q2]]), torch.cat([cols, c2]), torch.cat([approx, v2])
+        order = torch.sort(qi, stable=True).indices
+        qi, cols, approx = qi[order], cols[order], approx[order]
+    return qi, cols, approx, thr
+
+
 def _max(s: torch.Tensor) -> torch.Tensor:
     """float64 maximum over the last dimension. A 16-bit float block is read as int16: twice as fast as a float
     reduction, and exact where the maximum is ≥ 0 (where it is negative the result is ≤ 0: see
@@ -235,7 +258,7 @@ def rank(cands: Candidates, kernel_threshold: torch.Tensor, q: torch.Tensor, fp3
     qi, rows, approx = torch.cat(cands.queries), torch.cat(cands.rows), torch.cat(cands.approx)
     keep = approx >= kernel_threshold[qi]
     qi, rows = qi[keep], rows[keep]
-    order = torch.sort(qi, stable=True).indices  # tiles come in row order, so rows stay ascending per query
+    order = torch.sort(qi, stable=True).indices
     qi, rows = qi[order], rows[order]
     if fp32_bound is not None:
         s32 = _chunked(lambda sl: fetch_rows(rows[sl]).mul_(q.index_select(0, qi[sl])).sum(1), qi.numel(),
@@ -250,6 +273,8 @@ def rank(cands: Candidates, kernel_threshold: torch.Tensor, q: torch.Tensor, fp3
     pad_s, pos = _by_query(qi, exact, nq, float("-inf"))
     pad_r = torch.full_like(pad_s, -1, dtype=torch.long)
     pad_r[qi, pos] = rows
+    by_row = torch.argsort(torch.where(pad_r < 0, torch.iinfo(torch.long).max, pad_r), dim=1)
+    pad_s, pad_r = pad_s.gather(1, by_row), pad_r.gather(1, by_row)  # rows ascending, so ties go to the lowest
     if pad_s.shape[1] < k:  # cannot happen while k ≤ rows; kept so the shapes always hold
         pad_s = torch.cat([pad_s, pad_s.new_full((nq, k - pad_s.shape[1]), float("-inf"))], 1)
         pad_r = torch.cat([pad_r, pad_r.new_full((nq, k - pad_r.shape[1]), -1)], 1)
