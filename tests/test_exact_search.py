@@ -181,3 +181,26 @@ def test_a_forced_kernel_is_used_and_an_unknown_one_is_refused(monkeypatch):
     monkeypatch.setenv(kernels.KERNEL_ENV, "int4")
     with pytest.raises(ValueError, match="RAGBATCH_SEARCH_KERNEL='int4'.*float32"):
         kernels.choose_kernel("cpu", sample)
+
+
+def test_no_16bit_copy_is_made_where_it_would_not_fit_in_memory(tmp_path, monkeypatch):
+    """A 16-bit kernel needs its own copy of the matrix: for an index whose copy would not fit, only float32
+    kernels are candidates, and a stored measurement gives the fastest of those without measuring again."""
+    monkeypatch.setenv("RAGBATCH_KERNELS_FILE", str(tmp_path / "kernels.json"))
+    monkeypatch.delenv(kernels.KERNEL_ENV, raising=False)
+    huge = 1 << 60
+    assert kernels.candidates("cpu", huge) == ["float32", "float32-numpy"]
+    sample = _unit(4096, 32, torch.Generator().manual_seed(8))
+    names = kernels.candidates("cpu")
+    fake = {n: 0.010 + 0.001 * i for i, n in enumerate(reversed(names))}  # the last candidate is fastest
+    kernels.choose_kernel("cpu", sample, timer=fake.__getitem__)
+
+    def no_timing(name):
+        raise AssertionError("measured again")
+
+    best_fp32 = min(["float32", "float32-numpy"], key=fake.__getitem__)
+    assert kernels.choose_kernel("cpu", sample, timer=no_timing, rows=huge).name == best_fp32
+    monkeypatch.setenv(kernels.KERNEL_ENV, "bfloat16")
+    if "bfloat16" in names:
+        with pytest.raises(ValueError, match="not a kernel"):
+            kernels.choose_kernel("cpu", sample, rows=huge)

@@ -57,7 +57,7 @@ class LoadedGeneration:
         its copy of the matrices (bfloat16: half their size) is made on first use and kept."""
         float32 = bool(self.shards) and self.shards[0].dtype == torch.float32 and self.scales[0] is None
         if float32 and self._scoring is None and self.rows:
-            kernel = choose_kernel(str(self.shards[0].device), self.shards[0][: SIZE_CLASSES[-1]])
+            kernel = choose_kernel(str(self.shards[0].device), self.shards[0][: SIZE_CLASSES[-1]], rows=self.rows)
             self._scoring = ScoringCopy(kernel, self.shards)
         return ExactDense(self.shards, self.scales, self.offsets, self._scoring if float32 else None)
 

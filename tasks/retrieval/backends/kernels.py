@@ -33,13 +33,31 @@ CALIBRATION_QUERIES = 1024
 SIZE_CLASSES = (4096, 16384, 65536)  # calibrated sample sizes; an index of ≥ 65,536 rows is timed on 65,536
 
 
-def candidates(device: str) -> list[str]:
+def candidates(device: str, copy_bytes: int = 0) -> list[str]:
     """The kernels worth timing on ``device``: bfloat16 only where it is native (emulated, it is several times
-    slower than float32: tasks/device.py), numpy's OpenBLAS only on a CPU, float16 only on a GPU."""
+    slower than float32: tasks/device.py), numpy's OpenBLAS only on a CPU, float16 only on a GPU. A 16-bit kernel
+    needs its own copy of the matrix (``copy_bytes``): it is not a candidate unless that copy leaves a quarter of
+    the device's available memory free, so a large index never runs out of memory for speed."""
     if device.startswith("cuda"):
-        out = ["float32", "float16"]
-        return out + (["bfloat16"] if torch.cuda.is_bf16_supported() else [])
-    return ["float32", "float32-numpy"] + (["bfloat16"] if cpu_has_native_bf16() else [])
+        half = ["float16"] + (["bfloat16"] if torch.cuda.is_bf16_supported() else [])
+        return ["float32"] + (half if _room(device, copy_bytes) else [])
+    half = ["bfloat16"] if cpu_has_native_bf16() and _room(device, copy_bytes) else []
+    return ["float32", "float32-numpy", *half]
+
+
+def _room(device: str, copy_bytes: int) -> bool:
+    """Whether ``copy_bytes`` fit in three quarters of the device's available memory (unknown: assume so)."""
+    if copy_bytes <= 0:
+        return True
+    if device.startswith("cuda"):
+        available = torch.cuda.mem_get_info(torch.device(device))[0]
+    else:
+        try:
+            meminfo = dict(line.split(":", 1) for line in open("/proc/meminfo").read().splitlines() if ":" in line)
+            available = int(meminfo["MemAvailable"].split()[0]) * 1024
+        except (OSError, KeyError, ValueError):
+            return True
+    return copy_bytes <= 0.75 * available
 
 
 def size_class(rows: int) -> int:
@@ -54,25 +72,27 @@ def machine_key(device: str, dim: int, rows: int) -> str:
     return f"{numerics_id(device)}|dim={dim}|rows={size_class(rows)}"
 
 
-def choose_kernel(device: str, sample: torch.Tensor, timer: Callable[[str], float] | None = None) -> Kernel:
-    """The kernel to score a float32 matrix with; ``sample``: its first rows, at least ``size_class`` of them
-    where it has them (those are timed). ``timer(name)`` → seconds replaces the timing (tests pass a fake
-    clock)."""
+def choose_kernel(device: str, sample: torch.Tensor, timer: Callable[[str], float] | None = None,
+                  rows: int | None = None) -> Kernel:
+    """The kernel to score a float32 matrix of ``rows`` rows with (default: ``sample``'s); ``sample``: its
+    first rows, at least ``size_class`` of them where it has them (those are timed). ``timer(name)`` →
+    seconds replaces the timing (tests pass a fake clock)."""
+    names = candidates(device, 2 * (rows or sample.shape[0]) * sample.shape[1])
     forced = os.environ.get(KERNEL_ENV)
     if forced:
-        if forced not in KERNELS or forced not in candidates(device):
+        if forced not in KERNELS or forced not in names:
             raise ValueError(f"{KERNEL_ENV}={forced!r} is not a kernel for {device}; choose one of "
-                             f"{', '.join(candidates(device))}")
+                             f"{', '.join(names)}")
         return KERNELS[forced]
     key = machine_key(device, sample.shape[1], sample.shape[0])
-    return KERNELS[_chosen(device, key, sample[: size_class(sample.shape[0])], timer)]
+    return KERNELS[_chosen(device, key, sample[: size_class(sample.shape[0])], names, timer)]
 
 
-def _chosen(device: str, key: str, sample: torch.Tensor, timer: Callable[[str], float] | None) -> str:
+def _chosen(device: str, key: str, sample: torch.Tensor, names: list[str],
+            timer: Callable[[str], float] | None) -> str:
     entry = read_calibration().get(key)
-    names = candidates(device)
-    if isinstance(entry, dict) and entry.get("chosen") in names and set(entry.get("ms", {})) == set(names):
-        return entry["chosen"]
+    if isinstance(entry, dict) and set(entry.get("ms", {})) >= set(names) and entry["ms"]:
+        return min(names, key=lambda n: (entry["ms"][n], names.index(n)))
     ms = {name: 1000 * (timer or functools.partial(time_kernel, sample=sample, device=device))(name)
           for name in names}
     chosen = min(names, key=lambda n: (ms[n], names.index(n)))
