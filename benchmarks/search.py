@@ -91,6 +91,9 @@ def _one_size(args: argparse.Namespace, rows: int, faiss) -> None:
             runs[name] = ExactDense(blocks, scales, offsets, ScoringCopy(KERNELS[name], blocks))
 
     def timed(fn):
+        # Let the previous contender's threads go idle first: OpenBLAS and OpenMP workers spin for a while after
+        # a call and, on 2 cores, slowed whatever ran next by up to 1.8x.
+        time.sleep(0.5)
         t0 = time.perf_counter()
         out = fn()
         if args.device.startswith("cuda"):
