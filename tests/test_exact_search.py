@@ -204,3 +204,22 @@ def test_no_16bit_copy_is_made_where_it_would_not_fit_in_memory(tmp_path, monkey
     if "bfloat16" in names:
         with pytest.raises(ValueError, match="not a kernel"):
             kernels.choose_kernel("cpu", sample, rows=huge)
+
+
+def test_a_process_wide_lower_matmul_precision_does_not_break_exactness():
+    """``set_float32_matmul_precision("medium")`` lets float32 matmuls run in bfloat16 (on AMX, oneDNN does): the
+    float32 kernel's bound would not hold, so the search holds the setting off for its matmuls, and gives it
+    back."""
+    g = torch.Generator().manual_seed(9)
+    q = _unit(1, 384, g)[0]
+    x, _ = _near_ties(q, 3000, g)
+    queries = torch.nn.functional.normalize(q + 1e-4 * torch.randn(64, 384, generator=g), dim=1)  # a GEMM, not a
+    ref_rows, ref_scores = _reference(queries, x, 30)  # gemv, which ignores the setting
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("medium")
+    try:
+        hits = _dense(x, "float32", [1500]).search(queries, 30)
+        assert torch.get_float32_matmul_precision() == "medium"
+    finally:
+        torch.set_float32_matmul_precision(before)
+    assert torch.equal(hits.rows, ref_rows) and torch.equal(hits.scores, ref_scores)

@@ -115,7 +115,7 @@ class ExactDense:
             for t0 in range(0, block.shape[0], tile):
                 s = kernel.scores(qk, block[t0 : t0 + tile])
                 if s.shape[1] >= k and bool(torch.isinf(thr).any()):  # no threshold yet: this tile sets one
-                    cands.add(*select_first(s, k, thr, bound, off + t0)[:3])
+                    cands.add(*select_first(s, k, thr, bound, off + t0))
                 else:
                     cands.add(*select_tile(s, thr, off + t0))
                 thr = threshold_for(bound, cands.top[:, -1])

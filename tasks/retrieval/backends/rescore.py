@@ -48,6 +48,8 @@ reduction there is.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -70,7 +72,29 @@ class Kernel:
         """``q @ rows.T`` in this kernel's arithmetic (``q`` and ``rows`` already in ``dtype``)."""
         if self.name == "float32-numpy":  # numpy's OpenBLAS: faster than torch's MKL sgemm on some AMD CPUs
             return torch.from_numpy(np.matmul(q.numpy(), rows.numpy().T))
-        return q @ rows.T
+        with _as_bounded():
+            return q @ rows.T
+
+
+@contextlib.contextmanager
+def _as_bounded() -> Iterator[None]:
+    """Run a matmul with the arithmetic the bound assumes: products accumulated in float32. torch lets a process
+    trade that away globally (``set_float32_matmul_precision("high")`` multiplies float32 in bfloat16; CUDA's
+    reduced-precision reductions add partial sums in 16 bits), so those settings are held off for the call."""
+    precision = torch.get_float32_matmul_precision()
+    cuda = torch.backends.cuda.matmul
+    reduced = (cuda.allow_bf16_reduced_precision_reduction, cuda.allow_fp16_reduced_precision_reduction)
+    try:
+        if precision != "highest":
+            torch.set_float32_matmul_precision("highest")
+        if any(reduced):
+            cuda.allow_bf16_reduced_precision_reduction = cuda.allow_fp16_reduced_precision_reduction = False
+        yield
+    finally:
+        if precision != "highest":
+            torch.set_float32_matmul_precision(precision)
+        if any(reduced):
+            cuda.allow_bf16_reduced_precision_reduction, cuda.allow_fp16_reduced_precision_reduction = reduced
 
 
 KERNELS: dict[str, Kernel] = {
@@ -93,9 +117,9 @@ class Bound:
 def error_bound(kernel: Kernel, q: torch.Tensor, qk: torch.Tensor, norms: RowNorms) -> Bound:
     """The bound on a kernel score of float32 queries ``q`` rounded to ``qk``, against rows with ``norms``."""
     d = q.shape[1]
-    q64 = q.double()
-    qn, qkn = q64.norm(dim=1), qk.double().norm(dim=1)
-    dq = (q64 - qk.double()).norm(dim=1) * (1 + 1e-12)
+    q64, grow = q.double(), 1 + 1e-12  # float64's own error in a norm of d terms is far below 1e-12
+    qn, qkn = q64.norm(dim=1) * grow, qk.double().norm(dim=1) * grow
+    dq = (q64 - qk.double()).norm(dim=1) * grow
     gamma = d * 2.0**-24 / (1 - d * 2.0**-24)
     e = dq * norms.x + qkn * norms.dx + gamma * qkn * norms.xk + d * 2.0**-126 * (qn + norms.x + 1)
     m = qn * norms.x * (2.0**-23 + d * 2.0**-52) + 2.0**-149
@@ -203,7 +227,7 @@ def select_first(s: torch.Tensor, k: int, lower: torch.Tensor, bound: Bound, col
     """:func:`select_tile` for a tile that sets the first threshold: its own k-th best score gives one (never
     above the final one: the tile's rows are some of all rows). The candidates come from the tile's ``4k + 16``
     best, which hold them all unless the last of those still reaches the threshold; only such queries are
-    searched column by column. Returns the candidates and the threshold used."""
+    searched column by column."""
     width = min(s.shape[1], 4 * k + 16)
     vals, idx = torch.topk(s, width, dim=1)
     vals = vals.double()
@@ -219,7 +243,7 @@ def select_first(s: torch.Tensor, k: int, lower: torch.Tensor, bound: Bound, col
         qi, cols, approx = torch.cat([qi, oq[q2]]), torch.cat([cols, c2]), torch.cat([approx, v2])
         order = torch.sort(qi, stable=True).indices
         qi, cols, approx = qi[order], cols[order], approx[order]
-    return qi, cols, approx, thr
+    return qi, cols, approx
 
 
 def _max(s: torch.Tensor) -> torch.Tensor:
