@@ -155,6 +155,8 @@ def test_the_kernel_is_the_fastest_measured_and_is_measured_once_per_machine(tmp
     calls = []
     kernels.choose_kernel("cpu", sample, timer=lambda n: calls.append(n) or fake[n])
     assert sorted(calls) == sorted(names)
+    path.write_text(json.dumps({kernels.machine_key("cpu", 32, 5000): {"ms": {n: "fast" for n in names}}}))
+    assert kernels.choose_kernel("cpu", sample, timer=fake.__getitem__).name == names[-1]  # nonsense times
     path.write_text("{not json")
     assert kernels.choose_kernel("cpu", sample, timer=fake.__getitem__).name == names[-1]
     assert kernels.machine_key("cpu", 32, 5000) in json.loads(path.read_text())

@@ -91,8 +91,9 @@ def choose_kernel(device: str, sample: torch.Tensor, timer: Callable[[str], floa
 def _chosen(device: str, key: str, sample: torch.Tensor, names: list[str],
             timer: Callable[[str], float] | None) -> str:
     entry = read_calibration().get(key)
-    if isinstance(entry, dict) and set(entry.get("ms", {})) >= set(names) and entry["ms"]:
-        return min(names, key=lambda n: (entry["ms"][n], names.index(n)))
+    ms = entry.get("ms") if isinstance(entry, dict) else None
+    if isinstance(ms, dict) and all(isinstance(ms.get(n), int | float) for n in names):
+        return min(names, key=lambda n: (ms[n], names.index(n)))  # measured before: every candidate has a time
     ms = {name: 1000 * (timer or functools.partial(time_kernel, sample=sample, device=device))(name)
           for name in names}
     chosen = min(names, key=lambda n: (ms[n], names.index(n)))
