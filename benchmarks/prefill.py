@@ -21,7 +21,6 @@ Every figure is for the CPU named in the first line.
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import time
 from collections import defaultdict
@@ -33,7 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from storage.paths import demo_dir  # noqa: E402
-from tasks.device import cpu_flags  # noqa: E402
+from tasks.device import cpu_flags, cpu_name  # noqa: E402
 from tasks.generation.generate import build_messages, load_generator, plan_batches  # noqa: E402
 from tasks.invariant import TiledLinear  # noqa: E402
 
@@ -45,10 +44,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
     gen = load_generator(args.model, "cpu")
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), platform.processor())
     kind = "AMX" if "amx_bf16" in cpu_flags() else ("avx512_bf16" if "avx512_bf16" in cpu_flags() else "no bf16")
-    print(f"cpu: {cpu} ({kind}), {torch.get_num_threads()} threads; torch {torch.__version__}; {args.model} "
+    print(f"cpu: {cpu_name()} ({kind}), {torch.get_num_threads()} threads; torch {torch.__version__}; {args.model} "
           f"{gen.dtype}; exact batching {gen.exact}")
     batches = _demo_batches(gen)
     real = sum(int(m.sum()) for _, m in batches)

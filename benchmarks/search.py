@@ -29,7 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tasks.device import cpu_flags  # noqa: E402
+from tasks.device import cpu_flags, cpu_name  # noqa: E402
 from tasks.retrieval.backends.dense import ExactDense, ScoringCopy  # noqa: E402
 from tasks.retrieval.backends.kernels import candidates  # noqa: E402
 from tasks.retrieval.backends.rescore import KERNELS  # noqa: E402
@@ -59,7 +59,7 @@ def main() -> None:
     except ImportError:
         faiss = None
     gpu = f" {torch.cuda.get_device_name(0)}" if args.device.startswith("cuda") else ""
-    print(f"machine: {platform.machine()} {_cpu_name()}, {os.cpu_count()} cores{gpu}; torch {torch.__version__}, "
+    print(f"machine: {platform.machine()} {cpu_name()}, {os.cpu_count()} cores{gpu}; torch {torch.__version__}, "
           f"threads {torch.get_num_threads()}; faiss {faiss.__version__ if faiss else 'absent'}; device "
           f"{args.device}, dtype {args.dtype}; {args.queries} queries, k={args.k}, {args.shards} store shards, "
           f"best of {args.repeats}; OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '-')}")
@@ -138,16 +138,6 @@ def _one_size(args: argparse.Namespace, rows: int, faiss) -> None:
         gbytes = rows * args.dim * blocks[0].element_size() / 1e9
         batches = -(-args.queries // (args.query_batch or args.queries))
         print(f"{'':>9} matrix read {batches}x: {gbytes * batches / min(timings['auto']):.0f} GB/s achieved")
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 class _Rows:

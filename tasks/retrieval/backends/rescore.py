@@ -236,7 +236,7 @@ def select_first(s: torch.Tensor, k: int, lower: torch.Tensor, bound: Bound, col
     over = keep[:, -1] if width < s.shape[1] else torch.zeros_like(keep[:, -1])
     keep &= ~over[:, None]
     qi, j = keep.nonzero(as_tuple=True)
-    qi, cols, approx = qi, idx[qi, j] + col0, vals[qi, j]
+    cols, approx = idx[qi, j] + col0, vals[qi, j]
     if bool(over.any()):
         oq = over.nonzero().flatten()
         q2, c2, v2 = select_tile(s[oq], thr[oq], col0)
