@@ -13,7 +13,9 @@ Prefill is one forward pass over each batch that ``Generator.generate_ids`` woul
   projections: rotary, SDPA, row-wise slicing), norms, the MLP's activation, and the rest (embedding, residual
   adds, masks, HF's and our Python): wall minus the others;
 - the reference: a bf16 ``torch.matmul`` of every linear's shape at the batch's padded token count, timed in the
-  same run, as FLOP/s; prefill's useful FLOP/s as a fraction of it (goal >= 50% on AMX).
+  same run, between the prefill repeats (this host's speed drifts by up to 40% within minutes, so a reference
+  timed once before them made the fraction swing from 46% to 74%), as FLOP/s; prefill's useful FLOP/s as a
+  fraction of it (goal >= 50% on AMX).
 
 Every figure is for the CPU named in the first line.
 """
@@ -52,14 +54,15 @@ def main() -> None:
     padded = sum(ids.numel() for ids, _ in batches)
     print(f"{len(batches)} batches, {real} real prompt tokens ({padded} with padding)")
     flops = _useful_flops(gen.model, batches)
-    ref = _matmul_rate(gen.model, batches, gen.model.dtype)
-    print(f"bf16 matmul of the same shapes: {ref / 1e12:.2f} TFLOP/s")
-    print(f"{'tile':>5} {'prefill s':>9} {'TFLOP/s':>8} {'of matmul':>9}  breakdown (share of a hooked run's wall)")
     walls: dict[int, float] = {}
-    for _ in range(args.repeats):  # tiles alternate, so each sees the same machine load
+    ref = 0.0
+    for _ in range(args.repeats):  # the reference and the tiles alternate, so all see the same machine load
+        ref = max(ref, _matmul_rate(gen.model, batches, gen.model.dtype))
         for tile in args.prefill_tile:
             _set_tile(gen.model, tile)
             walls[tile] = min(walls.get(tile, float("inf")), _prefill(gen.model, batches))
+    print(f"bf16 matmul of the same shapes: {ref / 1e12:.2f} TFLOP/s (best of {args.repeats}, between prefill runs)")
+    print(f"{'tile':>5} {'prefill s':>9} {'TFLOP/s':>8} {'of matmul':>9}  breakdown (share of a hooked run's wall)")
     for tile in args.prefill_tile:
         _set_tile(gen.model, tile)
         wall = walls[tile]
