@@ -83,17 +83,9 @@ def change(files: list[Path], fraction: float, round_: int) -> list[Path]:
 
 
 def machine() -> str:
-    cpu = "unknown CPU"
-    with open("/proc/cpuinfo") as fh:
-        for line in fh:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    mem_kb = 0
-    with open("/proc/meminfo") as fh:
-        for line in fh:
-            if line.startswith("MemTotal"):
-                mem_kb = int(line.split()[1])
+    from tasks.device import cpu_name, memory_bytes
+
+    cpu, mem_kb = cpu_name(), (memory_bytes("MemTotal") or 0) / 1024
     import torch
 
     return (f"`nproc` {len(os.sched_getaffinity(0))}, {cpu}, {mem_kb / 1024**2:.0f} GiB RAM; "

@@ -34,19 +34,9 @@ configure_environment()
 
 
 def machine() -> dict:
-    cpu = platform.processor()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    ram = 0.0
-    try:
-        kb = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
-                  if line.startswith("MemTotal"))
-        ram = kb / 1024 / 1024
-    except (OSError, StopIteration):
-        pass
+    from tasks.device import cpu_name, memory_bytes
+
+    cpu, ram = cpu_name(), (memory_bytes("MemTotal") or 0) / 1024**3
     import torch
 
     return {"nproc": os.cpu_count(), "cpu": cpu, "ram_gib": round(ram, 1), "python": platform.python_version(),

@@ -54,6 +54,18 @@ def cpu_name(cpuinfo: str = "/proc/cpuinfo") -> str:
     return platform.processor()
 
 
+def memory_bytes(field: str = "MemTotal", meminfo: str = "/proc/meminfo") -> int | None:
+    """A ``/proc/meminfo`` figure (``MemTotal``, ``MemAvailable``) in bytes; None where it cannot be read."""
+    try:
+        for line in Path(meminfo).read_text(errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            if key == field:
+                return int(value.split()[0]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 # The CPU features that choose a matmul kernel (and so the last bits of its results), on the machines we run on.
 KERNEL_FLAGS = ("amx_bf16", "amx_int8", "amx_tile", "avx512_bf16", "avx512_vnni", "avx512f", "avx2", "fma")
 

@@ -7,7 +7,15 @@ import platform
 import pytest
 import torch
 
-from tasks.device import DTYPE_CHOICES, auto_dtype, cpu_flags, cpu_has_native_bf16, dtype_name, resolve_dtype
+from tasks.device import (
+    DTYPE_CHOICES,
+    auto_dtype,
+    cpu_flags,
+    cpu_has_native_bf16,
+    dtype_name,
+    memory_bytes,
+    resolve_dtype,
+)
 from tasks.generation.generate import load_generator
 
 X86 = platform.machine().lower() in ("x86_64", "amd64")
@@ -26,6 +34,15 @@ def test_flags_come_from_proc_cpuinfo(tmp_path) -> None:
     info.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512_bf16\n\nprocessor\t: 1\n")
     assert cpu_flags(str(info)) == frozenset({"fpu", "sse2", "avx2", "avx512_bf16"})
     assert cpu_flags(str(tmp_path / "missing")) == frozenset()
+
+
+def test_memory_figures_come_from_proc_meminfo(tmp_path) -> None:
+    info = tmp_path / "meminfo"
+    info.write_text("MemTotal:       24594416 kB\nMemFree:  100 kB\nMemAvailable:   20000000 kB\n")
+    assert memory_bytes("MemTotal", str(info)) == 24594416 * 1024
+    assert memory_bytes("MemAvailable", str(info)) == 20000000 * 1024
+    assert memory_bytes("Mem", str(info)) is None  # a prefix of a field is not that field
+    assert memory_bytes("MemTotal", str(tmp_path / "missing")) is None
 
 
 def test_this_machine_gets_the_dtype_its_flags_call_for() -> None:

@@ -24,7 +24,7 @@ from collections.abc import Callable
 import torch
 
 from storage.calibration import calibration_path, read_calibration, write_calibration
-from tasks.device import cpu_has_native_bf16, numerics_id
+from tasks.device import cpu_has_native_bf16, memory_bytes, numerics_id
 from tasks.retrieval.backends.rescore import KERNELS, Kernel
 
 log = logging.getLogger(__name__)
@@ -52,10 +52,8 @@ def _room(device: str, copy_bytes: int) -> bool:
     if device.startswith("cuda"):
         available = torch.cuda.mem_get_info(torch.device(device))[0]
     else:
-        try:
-            meminfo = dict(line.split(":", 1) for line in open("/proc/meminfo").read().splitlines() if ":" in line)
-            available = int(meminfo["MemAvailable"].split()[0]) * 1024
-        except (OSError, KeyError, ValueError):
+        available = memory_bytes("MemAvailable")
+        if available is None:
             return True
     return copy_bytes <= 0.75 * available
 
