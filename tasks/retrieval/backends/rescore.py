@@ -43,7 +43,8 @@ scored in float64. A float32 kernel's candidates go to float64 directly: its bou
 
 **Per tile** (:func:`select_tile`) each query's maximum is taken first; only queries whose maximum reaches
 their threshold are compared column by column, so most of the block is read once, in cache, by the cheapest
-reduction there is.
+reduction there is. The first tile has no threshold yet (:func:`select_first`): the k-th largest maximum of
+its groups of columns stands in for its k-th best score, which it never exceeds.
 """
 
 from __future__ import annotations
