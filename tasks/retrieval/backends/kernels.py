@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 KERNEL_ENV = "RAGBATCH_SEARCH_KERNEL"
 CALIBRATION_QUERIES = 1024
 SIZE_CLASSES = (4096, 16384, 65536)  # calibrated sample sizes; an index of ≥ 65,536 rows is timed on 65,536
+# Raised whenever the search's own costs change (rescore.py, dense.py), so that timings stored by an older search,
+# which may favour another kernel, are measured again. 2: first threshold from group maxima, rescoring by query block.
+SEARCH_VERSION = 2
 
 
 def candidates(device: str, copy_bytes: int = 0) -> list[str]:
@@ -65,9 +68,9 @@ def size_class(rows: int) -> int:
 
 
 def machine_key(device: str, dim: int, rows: int) -> str:
-    """What a measurement holds for: the device's numerics (CPU features, torch, threads), the dimension and the
-    size class."""
-    return f"{numerics_id(device)}|dim={dim}|rows={size_class(rows)}"
+    """What a measurement holds for: the device's numerics (CPU features, torch, threads), the dimension, the
+    size class, and the version of the search it timed."""
+    return f"{numerics_id(device)}|dim={dim}|rows={size_class(rows)}|search={SEARCH_VERSION}"
 
 
 def choose_kernel(device: str, sample: torch.Tensor, timer: Callable[[str], float] | None = None,
