@@ -328,7 +328,9 @@ def _rescored(pad_r: torch.Tensor, q: torch.Tensor, fetch_rows, score) -> torch.
     widths = counts[by_count].tolist()
     q0 = 0
     while q0 < nq:
-        per = max(1, RESCORE_ROWS // max(widths[min(q0 + RESCORE_ROWS, nq) - 1], 1))
+        # widths ascend, and a block holds at most RESCORE_ROWS queries: none is wider than this one
+        widest = max(widths[min(q0 + RESCORE_ROWS, nq) - 1], 1)
+        per = max(1, RESCORE_ROWS // widest)
         qs = by_count[q0 : q0 + per]
         wb = max(widths[min(q0 + per, nq) - 1], 1)  # the block's widest query: the rest of each row is padding
         r = pad_r.index_select(0, qs)[:, :wb]
