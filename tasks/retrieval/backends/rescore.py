@@ -203,8 +203,8 @@ def select_tile(s: torch.Tensor, threshold: torch.Tensor, col0: int) -> tuple[to
         empty = torch.empty(0, dtype=torch.long, device=s.device)
         return empty, empty, torch.empty(0, dtype=torch.float64, device=s.device)
     sub, thr = (s.index_select(0, qs), threshold[qs]) if qs.numel() < s.shape[0] else (s, threshold)
-    qi, cols, vals = _columns(sub, thr, GROUP)
-    return qs[qi], cols + col0, vals
+    qi, cols, vals = _columns(sub, thr, GROUP, col0)
+    return qs[qi], cols, vals
 
 
 def select_first(s: torch.Tensor, k: int, lower: torch.Tensor, bound: Bound, col0: int) -> tuple[torch.Tensor, ...]:
@@ -220,11 +220,11 @@ def select_first(s: torch.Tensor, k: int, lower: torch.Tensor, bound: Bound, col
     g = max(1, min(GROUP, s.shape[1] // k))
     maxima = _max(_grouped(s, g))
     thr = torch.maximum(lower, threshold(bound, torch.topk(maxima, k, dim=1).values[:, -1]))
-    return _columns(s, thr, g, maxima, col0)
+    return _columns(s, thr, g, col0, maxima)
 
 
-def _columns(s: torch.Tensor, thr: torch.Tensor, g: int, maxima: torch.Tensor | None = None,
-             col0: int = 0) -> tuple[torch.Tensor, ...]:
+def _columns(s: torch.Tensor, thr: torch.Tensor, g: int, col0: int,
+             maxima: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
     """The (row of ``s``, column + col0, score) of the scores ≥ ``thr`` (per row of ``s``), in row then column
     order: the maxima of groups of ``g`` columns (given, or taken here) pick the groups to compare one by one;
     the columns after the last whole group are compared directly."""
