@@ -115,10 +115,16 @@ class Bound:
     relative: float  # w'
 
 
+def _float32_norm_growth(d: int) -> float:
+    """The factor that raises a norm of d terms computed in float32 above the true norm: 1 + float32's worst
+    relative error in it, (d + 2)·2^-23."""
+    return 1 + (d + 2) * 2.0**-23
+
+
 def error_bound(kernel: Kernel, q: torch.Tensor, qk: torch.Tensor, norms: RowNorms) -> Bound:
     """The bound on a kernel score of float32 queries ``q`` rounded to ``qk``, against rows with ``norms``."""
     d = q.shape[1]
-    grow = 1 + (d + 2) * 2.0**-23  # float32's worst relative error in a norm of d terms, as in RowNorms
+    grow = _float32_norm_growth(d)
     qn, qkn = (v.norm(dim=1).double() * grow for v in (q, qk.float()))
     dq = (q - qk.float()).norm(dim=1).double() * grow  # q − q̂ is exact in float32: q̂ keeps q's leading bits
     gamma = d * 2.0**-24 / (1 - d * 2.0**-24)
@@ -154,7 +160,7 @@ class RowNorms:
                 x = max(x, float(rows.norm(dim=1).max()))
                 xk = max(xk, float(rows_k.norm(dim=1).max()))
                 dx = max(dx, float((rows - rows_k).norm(dim=1).max()))
-        grow = 1 + (blocks[0].shape[1] + 2) * 2.0**-23 if blocks else 1.0
+        grow = _float32_norm_growth(blocks[0].shape[1]) if blocks else 1.0
         return cls(x * grow, xk * grow, dx * grow)
 
 
