@@ -85,10 +85,10 @@ def change(files: list[Path], fraction: float, round_: int) -> list[Path]:
 def machine() -> str:
     from tasks.device import cpu_name, memory_bytes
 
-    cpu, mem_kb = cpu_name(), (memory_bytes("MemTotal") or 0) / 1024
+    cpu, ram_gib = cpu_name(), (memory_bytes("MemTotal") or 0) / 1024**3
     import torch
 
-    return (f"`nproc` {len(os.sched_getaffinity(0))}, {cpu}, {mem_kb / 1024**2:.0f} GiB RAM; "
+    return (f"`nproc` {len(os.sched_getaffinity(0))}, {cpu}, {ram_gib:.0f} GiB RAM; "
             f"Python {platform.python_version()}, torch {torch.__version__} ({torch.get_num_threads()} threads)")
 
 
