@@ -3,6 +3,9 @@
     python benchmarks/prefill.py --model qwen2.5-0.5b          # the demo's 24 prompts, as generate batches them
     python benchmarks/prefill.py --model qwen2.5-0.5b --prefill-tile 128 256 512
 
+Where generate packs the weights for oneDNN (tasks/invariant.py ``pack_weights``), each tile is also timed with
+plain ``F.linear`` per tile, alternately in the same run.
+
 Prefill is one forward pass over each batch that ``Generator.generate_ids`` would run (the same
 ``plan_batches``, left padding, row-wise attention and fixed-tile linears: tasks/invariant.py), with
 ``logits_to_keep=1`` as ``generate`` does. For each ``--prefill-tile`` it prints:
@@ -54,30 +57,38 @@ def main() -> None:
     padded = sum(ids.numel() for ids, _ in batches)
     print(f"{len(batches)} batches, {real} real prompt tokens ({padded} with padding)")
     flops = _useful_flops(gen.model, batches)
-    walls: dict[int, float] = {}
+    packed = {m: m.packed for m in gen.model.modules() if isinstance(m, TiledLinear)}
+    # Each tile with the weights as generate runs them (oneDNN-packed where gen.packed) and, where packed, also
+    # with plain F.linear per tile as before, so the packing's gain is measured in the same run.
+    variants = [(tile, p) for tile in args.prefill_tile for p in ([True, False] if gen.packed else [False])]
+    walls: dict[tuple[int, bool], float] = {}
     ref = 0.0
-    for _ in range(args.repeats):  # the reference and the tiles alternate, so all see the same machine load
+    for _ in range(args.repeats):  # the reference and the variants alternate, so all see the same machine load
         ref = max(ref, _matmul_rate(gen.model, batches, gen.model.dtype))
-        for tile in args.prefill_tile:
-            _set_tile(gen.model, tile)
-            walls[tile] = min(walls.get(tile, float("inf")), _prefill(gen.model, batches))
+        for v in variants:
+            _set_variant(packed, *v)
+            walls[v] = min(walls.get(v, float("inf")), _prefill(gen.model, batches))
     print(f"bf16 matmul of the same shapes: {ref / 1e12:.2f} TFLOP/s (best of {args.repeats}, between prefill runs)")
-    print(f"{'tile':>5} {'prefill s':>9} {'TFLOP/s':>8} {'of matmul':>9}  breakdown (share of a hooked run's wall)")
-    for tile in args.prefill_tile:
-        _set_tile(gen.model, tile)
-        wall = walls[tile]
+    print(f"{'tile':>5} {'weights':>7} {'prefill s':>9} {'TFLOP/s':>8} {'of matmul':>9}  breakdown (share of a hooked "
+          "run's wall)")
+    for v in variants:
+        _set_variant(packed, *v)
+        wall = walls[v]
         t0 = time.perf_counter()
         parts = _breakdown(gen.model, batches)
         hooked = time.perf_counter() - t0
         parts["rest (embedding, adds, masks, Python)"] = max(0.0, hooked - sum(parts.values()))
-        shares = ", ".join(f"{k} {v / hooked:.0%}" for k, v in parts.items())
-        print(f"{tile:>5} {wall:>9.2f} {flops / wall / 1e12:>8.3f} {flops / wall / ref:>9.0%}  {shares}", flush=True)
+        shares = ", ".join(f"{k} {s / hooked:.0%}" for k, s in parts.items())
+        print(f"{v[0]:>5} {'packed' if v[1] else 'plain':>7} {wall:>9.2f} {flops / wall / 1e12:>8.3f} "
+              f"{flops / wall / ref:>9.0%}  {shares}", flush=True)
+    _set_variant(packed, TiledLinear.prefill_tile, True)
 
 
-def _set_tile(model, tile: int) -> None:
-    for m in model.modules():
-        if isinstance(m, TiledLinear):
-            m.prefill_tile = tile
+def _set_variant(packed: dict, tile: int, use_packed: bool) -> None:
+    """Every tiled linear at ``tile`` rows, with its oneDNN-packed weight or (False) plain ``F.linear``."""
+    for m, p in packed.items():
+        m.prefill_tile = tile
+        m.packed = p if use_packed else None
 
 
 def _demo_batches(gen) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -157,6 +157,8 @@ def test_batched_equals_one_prompt_at_a_time(dtype: str) -> None:
     """
     gen = load_generator(FAST, device="cpu", dtype=dtype)
     assert gen.dtype == dtype and next(gen.model.parameters()).dtype == getattr(torch, dtype) and gen.exact
+    # bf16 runs on weights packed for oneDNN (tasks/invariant.py), and its answers' keys say so
+    assert gen.packed == (dtype == "bfloat16") and gen.numerics.endswith("|linear=onednn-packed") == gen.packed
     ctx = [("d", "The Eiffel Tower is in Paris, France. It was completed in 1889 and is 330 metres tall. " * n)
            for n in (1, 3)]
     ids = gen.encode([build_messages(p, None) for p in PROMPTS] + [build_messages(p, [c]) for p in PROMPTS
