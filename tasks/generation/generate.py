@@ -139,7 +139,8 @@ class Generator:
         self.lock = threading.Lock()  # one forward at a time per model (Prefect may run tasks in threads)
         # Batch-invariant answers (module docstring): row-wise attention and fixed row tiles, on a CPU.
         self.exact = needs_tiles(device) and _rowwise_attention(model) and bool(make_batch_invariant(model))
-        # Weights reordered once for oneDNN (tasks/invariant.py): 1.x faster, and the kernel the answers come from.
+        # Weights reordered once for oneDNN (tasks/invariant.py): tiles then cost what one plain call does; the
+        # packing is part of the numerics an answer is cached under.
         self.packed = self.exact and bool(pack_weights(model))
         self.numerics = numerics_id(device) + ("|linear=onednn-packed" if self.packed else "")
 
