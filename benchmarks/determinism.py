@@ -4,7 +4,8 @@ For the generator (Qwen-0.5B by default) and the embedder (all-MiniLM-L6-v2), in
 the same work runs through
 
 - **plain**: torch's own linear kernels (the path before issue 19: rows may round differently by batch);
-- **tiled**: every linear layer in fixed row tiles (``tasks/invariant.py``), for a few tile sizes;
+- **tiled**: every linear layer in fixed row tiles (``tasks/invariant.py``), for a few tile sizes, with the
+  generator's weights packed for oneDNN where ``load_generator`` packs them (bfloat16), as ``generate`` runs;
 
 and prints, as ratios against plain measured in the same run:
 
