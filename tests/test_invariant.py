@@ -64,6 +64,10 @@ def test_packing_needs_room_and_follows_the_weights() -> None:
     assert pack_weights(layer, share=0.0) == 0 and layer.packed is None, "no room: left as it was"
     assert not can_pack(torch.zeros(2, 2)), "float32 is never packed"
     assert pack_weights(layer) == 1 and layer.packed is not None
+    x = torch.randn(3, 20, 64).to(torch.bfloat16)
+    with torch.no_grad():
+        layer.weight.mul_(2)  # written in place (as load_state_dict does): the copy is stale
+        assert torch.equal(layer(x), tiled_linear(x, layer.weight, layer.bias, 16))
     layer.float()  # new weight tensors: the packed bf16 copy no longer applies
     x = torch.randn(3, 20, 64)
     with torch.inference_mode():
