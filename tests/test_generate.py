@@ -28,6 +28,7 @@ from tasks.generation.generate import (
     plan_batches,
 )
 from tasks.generation.prompts import PromptError, get_prompt, load_prompts
+from tasks.invariant import can_pack
 from tasks.models import prepare
 from tasks.models.prepare import (
     PACKAGED_GENERATORS,
@@ -157,8 +158,10 @@ def test_batched_equals_one_prompt_at_a_time(dtype: str) -> None:
     """
     gen = load_generator(FAST, device="cpu", dtype=dtype)
     assert gen.dtype == dtype and next(gen.model.parameters()).dtype == getattr(torch, dtype) and gen.exact
-    # bf16 runs on weights packed for oneDNN (tasks/invariant.py), and its answers' keys say so
-    assert gen.packed == (dtype == "bfloat16") and gen.numerics.endswith("|linear=onednn-packed") == gen.packed
+    # bf16 runs on weights packed for oneDNN where this torch has it (tasks/invariant.py), and its answers' keys
+    # say so
+    assert gen.packed == can_pack(gen.model.get_input_embeddings().weight)
+    assert gen.numerics.endswith("|linear=onednn-packed") == gen.packed
     ctx = [("d", "The Eiffel Tower is in Paris, France. It was completed in 1889 and is 330 metres tall. " * n)
            for n in (1, 3)]
     ids = gen.encode([build_messages(p, None) for p in PROMPTS] + [build_messages(p, [c]) for p in PROMPTS
