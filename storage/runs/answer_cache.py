@@ -1,10 +1,11 @@
 """The answer cache: generated answers stored by the hash of everything that decides them.
 
 An answer's key (tasks/generation/keys.py) hashes the exact prompt token ids, the generator's weights, the
-settings that change its output and the numerics it ran on (device, CPU kernels, torch, thread count: answers are
-exact per CPU kind and thread count, not across them). The same key means the same answer, byte for byte, so
-``answer``, ``eval`` and every re-run reuse it instead of generating again: a run's no-RAG arm is generated once
-per question and generator, and its RAG arm again only when the passages it reads change.
+settings that change its output and the numerics it ran on (device, CPU kernels, torch, thread count, packed
+weights or not: answers are exact per CPU kind and thread count, not across them). The same key means the same
+answer, byte for byte, so ``answer``, ``eval`` and every re-run reuse it instead of generating again: a run's
+no-RAG arm is generated once per question and generator, and its RAG arm again only when the passages it reads
+change.
 
 One small JSON file per answer under ``$RAGBATCH_HOME/answer-cache/<2 hex>/<key>.json`` (or
 ``$RAGBATCH_ANSWER_CACHE_DIR``), holding its key and the

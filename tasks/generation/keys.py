@@ -4,7 +4,8 @@
   prompt template; the template's name is hashed too, so two templates never share an answer by accident);
 - the generator's weights and configuration (tasks/models/weights.py, ``config.json``, ``generation_config.json``);
 - the settings that change the output: ``max_new_tokens``, the dtype (greedy decoding has no other);
-- the numerics (tasks/device.py ``numerics_id``): device kind, CPU kernels, torch, thread count.
+- the numerics (``Generator.numerics``: tasks/device.py ``numerics_id``, that is device kind, CPU kernels, torch,
+  thread count; and whether the linear layers run on oneDNN-packed weights, tasks/invariant.py).
 
 Batch size, token budget and batch order are left out on purpose: answers do not depend on them (the
 determinism guarantee, tests/test_generate.py). Snapping and citation marks are applied after the cache, so
